@@ -1,0 +1,1 @@
+//! `certwatch`: work in progress; see the workspace README.

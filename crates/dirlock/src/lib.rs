@@ -1,0 +1,1 @@
+//! `dirlock`: work in progress; see the workspace README.

@@ -1,0 +1,1 @@
+//! `handover`: work in progress; see the workspace README.

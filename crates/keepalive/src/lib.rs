@@ -1,0 +1,1 @@
+//! `keepalive`: work in progress; see the workspace README.

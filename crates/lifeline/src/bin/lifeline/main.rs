@@ -1,0 +1,67 @@
+//! The `lifeline` command-line tool: lock directories, check certificates, restart and inspect a
+//! running service, and supervise a process. The flags, output and exit codes are a contract
+//! that operators' scripts depend on (see DESIGN.md).
+
+mod cert;
+mod control;
+mod lock;
+mod supervise;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keep long-running Unix services alive and serving.
+#[derive(Debug, Parser)]
+#[command(name = "lifeline", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Hold every DIR's lock while CMD runs; exit with CMD's status (75 if a DIR is held elsewhere).
+    Lock(lock::Args),
+    /// Run CMD and keep it running; SIGTERM/SIGINT stop it gracefully.
+    Supervise(supervise::Args),
+    /// Certificate tools.
+    #[command(subcommand)]
+    Cert(cert::Command),
+    /// Ask a running service for a zero-downtime restart; print the new pid.
+    Restart(control::RestartArgs),
+    /// Print a running service's status as one JSON object.
+    Status(control::StatusArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Lock(args) => lock::run(args),
+        Command::Supervise(args) => supervise::run(args),
+        Command::Cert(cmd) => cert::run(cmd),
+        Command::Restart(args) => control::restart(args),
+        Command::Status(args) => control::status(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line, no backtrace: operators' scripts read this.
+            eprintln!("lifeline: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default: warnings and errors only).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// Parses a humantime duration (`500ms`, `5s`, `1m`) for clap.
+fn parse_duration(s: &str) -> Result<std::time::Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}

@@ -1,0 +1,1 @@
+//! `restart-socket`: work in progress; see the workspace README.

@@ -1,0 +1,128 @@
+//! Repository rules that code can check, run under `cargo test` (rust-analyzer's `tidy`):
+//! every Rust file opens with module docs, no `#[ignore]` without a reason, no `dbg!`, every
+//! `unsafe` block carries a `// SAFETY:` comment, every member opts into the workspace lints.
+
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Every `.rs` file under the project's source folders (not `target/`).
+fn rust_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for top in ["crates", "tests", "xtask", "bench"] {
+        walk(&root().join(top), &mut out);
+    }
+    assert!(out.len() > 5, "tidy found only {} Rust files: wrong root?", out.len());
+    out
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            walk(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests/tests/tidy.rs") {
+            // (This file is skipped: it spells out the patterns it looks for.)
+            out.push(path);
+        }
+    }
+}
+
+fn rel(path: &Path) -> String {
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
+}
+
+#[test]
+fn every_rust_file_starts_with_module_docs() {
+    let offenders: Vec<String> = rust_files()
+        .into_iter()
+        .filter(|p| {
+            let text = std::fs::read_to_string(p).expect("read source");
+            let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+            !first.starts_with("//!")
+        })
+        .map(|p| rel(&p))
+        .collect();
+    assert!(offenders.is_empty(), "files without a `//!` module doc on their first line: {offenders:#?}");
+}
+
+#[test]
+fn no_ignore_without_a_reason() {
+    let needle = concat!("#[", "ignore]");
+    let offenders = lines_containing(needle);
+    assert!(
+        offenders.is_empty(),
+        "`{needle}` without a reason (write `#[ignore = \"why\"]`): {offenders:#?}"
+    );
+}
+
+#[test]
+fn no_dbg_macro() {
+    let needle = concat!("dbg", "!(");
+    let offenders = lines_containing(needle);
+    assert!(offenders.is_empty(), "leftover `{needle}`: {offenders:#?}");
+}
+
+#[test]
+fn every_unsafe_block_has_a_safety_comment() {
+    let mut offenders = Vec::new();
+    for path in rust_files() {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let opens_block = code.contains("unsafe {") || code.trim_end().ends_with("unsafe");
+            let is_unsafe_impl = code.contains("unsafe impl");
+            if !(opens_block || is_unsafe_impl) {
+                continue;
+            }
+            // The comment sits on one of the few lines above (or on the same line).
+            let from = i.saturating_sub(6);
+            if !lines[from..=i].iter().any(|l| l.contains("SAFETY:")) {
+                offenders.push(format!("{}:{}", rel(&path), i + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "`unsafe` without a `// SAFETY:` comment just above: {offenders:#?}");
+}
+
+#[test]
+fn every_member_uses_the_workspace_lints() {
+    let mut manifests = vec![
+        root().join("tests/Cargo.toml"),
+        root().join("xtask/Cargo.toml"),
+        root().join("bench/Cargo.toml"),
+    ];
+    for entry in std::fs::read_dir(root().join("crates")).expect("crates/").flatten() {
+        manifests.push(entry.path().join("Cargo.toml"));
+    }
+    let offenders: Vec<String> = manifests
+        .iter()
+        .filter(|m| {
+            let text = std::fs::read_to_string(m).expect("read manifest");
+            !text.contains("[lints]\nworkspace = true")
+        })
+        .map(|m| rel(m))
+        .collect();
+    assert!(offenders.is_empty(), "members without `[lints] workspace = true`: {offenders:#?}");
+}
+
+fn lines_containing(needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    for path in rust_files() {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        for (i, line) in text.lines().enumerate() {
+            if line.contains(needle) {
+                hits.push(format!("{}:{}", rel(&path), i + 1));
+            }
+        }
+    }
+    hits
+}

@@ -1,0 +1,146 @@
+//! `cargo xtask bench`: runs every benchmark program of the `lifeline-bench` package (release
+//! build), each measuring a mechanism against a baseline in the same run, and writes
+//! `target/bench/report.md`: one table per mechanism with figure, baseline, ratio and target.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::ci::cargo;
+use crate::project_root;
+
+/// Arguments of `cargo xtask bench`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Run each benchmark briefly (CI runs this to keep every benchmark compiling and running).
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Only the benchmarks whose program name contains this (e.g. `dirlock`).
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// One row printed by a benchmark program (see `lifeline_bench::Row`).
+#[derive(Debug, Deserialize)]
+struct Row {
+    mechanism: String,
+    name: String,
+    value: f64,
+    unit: String,
+    baseline_name: Option<String>,
+    baseline: Option<f64>,
+    target: String,
+    met: Option<bool>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let root = project_root();
+    cargo(&["build", "--release", "-p", "lifeline-bench", "--bins"], &[])?;
+    let bin_dir = target_dir().join("release");
+    let mut programs: Vec<String> = std::fs::read_dir(root.join("bench/src/bin"))
+        .context("read bench/src/bin")?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+        .filter(|name| args.only.as_deref().is_none_or(|only| name.contains(only)))
+        .collect();
+    programs.sort();
+
+    let mut rows = Vec::new();
+    for program in &programs {
+        println!("==> bench: {program}{}", if args.quick { " --quick" } else { "" });
+        let mut cmd = Command::new(bin_dir.join(program));
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        let out = cmd
+            .current_dir(&root)
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("run benchmark {program}"))?;
+        if !out.status.success() {
+            bail!("benchmark {program} failed: {}", out.status);
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+            let row: Row =
+                serde_json::from_str(line).with_context(|| format!("{program} printed a bad row: {line}"))?;
+            println!("    {}: {} {}{}", row.name, fmt_num(row.value), row.unit, ratio_text(&row));
+            rows.push(row);
+        }
+    }
+
+    let report = render(&rows, args.quick);
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let path = out_dir.join("report.md");
+    std::fs::write(&path, report)?;
+    println!("bench: {} figures from {} programs; report in {}", rows.len(), programs.len(), path.display());
+    Ok(())
+}
+
+fn render(rows: &[Row], quick: bool) -> String {
+    let mut by_mechanism: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for row in rows {
+        by_mechanism.entry(&row.mechanism).or_default().push(row);
+    }
+    let mut md = String::from("# lifeline benchmark report\n\n");
+    if quick {
+        md.push_str("**Quick run** (`--quick`): few iterations, the figures are not meaningful.\n\n");
+    }
+    md.push_str("Every figure is compared with a baseline measured in the same run on the same machine.\n");
+    for (mechanism, rows) in by_mechanism {
+        let _ = write!(
+            md,
+            "\n## {mechanism}\n\n| figure | value | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n"
+        );
+        for row in rows {
+            let baseline = match (&row.baseline_name, row.baseline) {
+                (Some(name), Some(v)) => format!("{} {} ({name})", fmt_num(v), row.unit),
+                _ => "—".to_owned(),
+            };
+            let ratio = row
+                .baseline
+                .filter(|b| *b != 0.0)
+                .map_or("—".to_owned(), |b| format!("{:.2}×", row.value / b));
+            let met = match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} {} | {baseline} | {ratio} | {} | {met} |",
+                row.name,
+                fmt_num(row.value),
+                row.unit,
+                row.target
+            );
+        }
+    }
+    md
+}
+
+fn ratio_text(row: &Row) -> String {
+    match row.baseline.filter(|b| *b != 0.0) {
+        Some(b) => format!(" ({:.2}× {})", row.value / b, row.baseline_name.as_deref().unwrap_or("baseline")),
+        None => String::new(),
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| project_root().join("target"), PathBuf::from)
+}

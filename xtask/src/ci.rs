@@ -1,0 +1,130 @@
+//! `cargo xtask ci`: every check CI runs, in order, stopping at the first failure.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::project_root;
+
+/// Arguments of `cargo xtask ci`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Skip the slow parts that only re-check what the tests already cover (per-crate builds).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// The library crates, each of which must build alone with no and with all features.
+const LIBRARY_CRATES: &[&str] =
+    &["dirlock", "certwatch", "restart-socket", "handover", "keepalive", "lifeline"];
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    let total = Instant::now();
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+    let mut step = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
+        println!("\n==> {name}");
+        let start = Instant::now();
+        let result = f();
+        let took = start.elapsed();
+        timings.push((name.to_owned(), took));
+        match result {
+            Ok(()) => {
+                println!("<== {name}: ok in {}", secs(took));
+                Ok(())
+            }
+            Err(err) => Err(err.context(format!("step `{name}` failed after {}", secs(took)))),
+        }
+    };
+
+    step("fmt", &mut || cargo(&["fmt", "--all", "--", "--check"], &[]))?;
+    step("clippy", &mut || {
+        cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"], &[])
+    })?;
+    step("test", &mut run_tests)?;
+    if !args.quick {
+        step("crates alone", &mut || {
+            for krate in LIBRARY_CRATES {
+                cargo(&["check", "-p", krate, "--lib", "--no-default-features"], &[])?;
+                cargo(&["check", "-p", krate, "--lib", "--all-features"], &[])?;
+            }
+            Ok(())
+        })?;
+    }
+    step("doc", &mut || {
+        cargo(&["doc", "--workspace", "--no-deps", "--all-features"], &[("RUSTDOCFLAGS", "-D warnings")])
+    })?;
+    step("deny", &mut run_deny)?;
+
+    println!("\nci: all steps passed in {}", secs(total.elapsed()));
+    for (name, took) in &timings {
+        println!("  {name:<14} {:>8}", secs(*took));
+    }
+    Ok(())
+}
+
+/// Tests of the whole workspace: nextest when installed (doc tests separately, which nextest
+/// cannot run), else `cargo test`.
+fn run_tests() -> anyhow::Result<()> {
+    if has_cargo_subcommand("nextest") {
+        cargo(&["nextest", "run", "--workspace", "--all-features", "--no-fail-fast"], &[])?;
+        cargo(&["test", "--workspace", "--all-features", "--doc"], &[])
+    } else {
+        println!("cargo-nextest is not installed: running `cargo test`");
+        cargo(&["test", "--workspace", "--all-features", "--no-fail-fast"], &[])
+    }
+}
+
+/// `cargo deny check`: bans, licenses and sources always; advisories only when the advisory
+/// database can be fetched (it lives on GitHub, which CI cannot reach).
+fn run_deny() -> anyhow::Result<()> {
+    if !has_cargo_subcommand("deny") {
+        bail!("cargo-deny is not installed (`cargo install cargo-deny --locked`; .ci/run does this)");
+    }
+    cargo(&["deny", "--all-features", "check", "--hide-inclusion-graph", "bans", "licenses", "sources"], &[])?;
+    if advisory_db_reachable() {
+        cargo(&["deny", "--all-features", "check", "advisories"], &[])
+    } else {
+        println!(
+            "advisories: skipped, the advisory database (github.com/rustsec/advisory-db) is unreachable from here"
+        );
+        Ok(())
+    }
+}
+
+fn advisory_db_reachable() -> bool {
+    Command::new("timeout")
+        .args(["15", "git", "ls-remote", "--heads", "https://github.com/rustsec/advisory-db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    Command::new("cargo")
+        .args([name, "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `cargo ARGS` in the project root with extra environment; fails on a non-zero exit.
+pub(crate) fn cargo(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+    println!("$ cargo {}", args.join(" "));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(project_root())
+        .status()
+        .with_context(|| format!("could not run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` exited with {status}", args.join(" "));
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
