@@ -81,7 +81,10 @@ fn run_deny() -> anyhow::Result<()> {
     if !has_cargo_subcommand("deny") {
         bail!("cargo-deny is not installed (`cargo install cargo-deny --locked`; .ci/run does this)");
     }
-    cargo(&["deny", "--all-features", "check", "--hide-inclusion-graph", "bans", "licenses", "sources"], &[])?;
+    cargo(
+        &["deny", "--all-features", "check", "--hide-inclusion-graph", "bans", "licenses", "sources"],
+        &[],
+    )?;
     if advisory_db_reachable() {
         cargo(&["deny", "--all-features", "check", "advisories"], &[])
     } else {
