@@ -3,6 +3,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Stdio;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, killpg};
@@ -21,6 +22,10 @@ use crate::handover::{READY_BYTE, READY_LEN};
 use crate::lifecycle::DynLifecycle;
 use crate::upgrader::Shared;
 use crate::{Error, StateWriter};
+
+/// How long a successor that closed its readiness pipe has to exit before it is killed (and the
+/// failure reported as "closed" rather than with its exit status).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Spawns the successor and waits for it to become ready; kills its process group on failure.
 pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLifecycle) -> Result<u32, Error> {
@@ -44,24 +49,11 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
         }
         (Err(source), _) | (_, Err(source)) => Err(Error::Io { op: "register the handover pipes", source }),
     };
-    match outcome {
-        Ok(ready_pid) => {
-            // Dropping `child` leaves it running; tokio reaps it should it exit while we live.
-            Ok(ready_pid)
-        }
-        Err(err) => {
-            let status = kill_and_reap(&mut child, pid).await;
-            Err(match err {
-                // It closed the pipe: report how it ended if it ended on its own.
-                Error::ClosedWithoutReady { .. } => match status {
-                    Some(ExitReason::Signal(sig)) if sig == Signal::SIGKILL as i32 => err,
-                    Some(status) => Error::Exited { pid, status },
-                    None => err,
-                },
-                other => other,
-            })
-        }
+    if outcome.is_err() {
+        kill_and_reap(&mut child, pid).await;
     }
+    // On success, dropping `child` leaves it running; tokio reaps it should it exit while we live.
+    outcome
 }
 
 fn spawn(shared: &Shared, state_rx: &OwnedFd, ready_tx: &OwnedFd) -> Result<Child, Error> {
@@ -127,7 +119,15 @@ async fn wait_ready(
             }
             result = &mut read => return match result? {
                 Some(ready_pid) => Ok(ready_pid),
-                None => Err(Error::ClosedWithoutReady { pid }),
+                // Closed without the message: almost always the process exiting. Its status
+                // says more than "closed", so give it a moment to arrive.
+                None => match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                    Ok(status) => {
+                        let status = status.map_err(Error::io("wait for the new process"))?;
+                        Err(Error::Exited { pid, status: ExitReason::from_status(status) })
+                    }
+                    Err(_) => Err(Error::ClosedWithoutReady { pid }),
+                },
             },
             result = &mut send, if sending => {
                 sending = false;
@@ -162,8 +162,8 @@ pub(crate) async fn read_ready<R: tokio::io::AsyncRead + Unpin>(mut ready: R) ->
     Ok(Some(u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]])))
 }
 
-/// SIGKILLs the child's process group and reaps the child; returns how it ended.
-async fn kill_and_reap(child: &mut Child, pid: u32) -> Option<ExitReason> {
+/// SIGKILLs the child's process group and reaps the child.
+async fn kill_and_reap(child: &mut Child, pid: u32) {
     if pid != 0 {
         // The group id is the child's pid (`process_group(0)`). While the group has members
         // the kernel does not hand that number out again; ESRCH means none is left.
@@ -173,13 +173,7 @@ async fn kill_and_reap(child: &mut Child, pid: u32) -> Option<ExitReason> {
         }
     }
     match child.wait().await {
-        Ok(status) => {
-            tracing::info!(pid, ?status, "the failed new process was reaped");
-            Some(ExitReason::from_status(status))
-        }
-        Err(e) => {
-            tracing::warn!(pid, error = %e, "cannot reap the failed new process");
-            None
-        }
+        Ok(status) => tracing::info!(pid, ?status, "the failed new process was reaped"),
+        Err(e) => tracing::warn!(pid, error = %e, "cannot reap the failed new process"),
     }
 }
