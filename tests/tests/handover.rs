@@ -326,3 +326,113 @@ fn twenty_handovers_under_load_drop_nothing_pass_state_and_leak_no_fds() {
         (fd_count(server.pid) == fds_before).then_some(())
     });
 }
+
+/// Makes the next process misbehave with `mode`; the upgrade must fail with `reason`, and the
+/// old process must serve on without a failed request and upgrade fine afterwards.
+fn failed_upgrade_leaves_the_old_one_serving(mode: &str, reason: &str) {
+    let mut server = Server::start(|_, cmd| {
+        cmd.args(["--ready-timeout-ms", "1500"]);
+    });
+    let old_pid = server.pid;
+    let load = Load::start(server.addr);
+    load.wait_progress(5);
+
+    server.set_mode(mode);
+    let err = server.restart().expect_err("the upgrade should fail");
+    assert_eq!(err, reason);
+
+    // The failed process and everything it started are gone.
+    if mode == "hang" {
+        let record = std::fs::read_to_string(server.path("mode.pids")).expect("the hung child's pids");
+        let child: u32 = field(&record, "child").parse().unwrap();
+        let grandchild: u32 = field(&record, "grandchild").parse().unwrap();
+        assert!(is_dead(child), "the hung child {child} survived");
+        wait_for("the grandchild to be killed", || is_dead(grandchild).then_some(()));
+    }
+    // The old process serves on as if nothing happened.
+    assert!(server.get().starts_with(&format!("pid={old_pid} ")));
+    load.wait_progress(5);
+    let status = server.control("status");
+    assert_eq!(field(&status, "generation"), "0");
+
+    server.set_mode("ok");
+    let new_pid = server.restart().expect("a good successor takes over");
+    assert!(server.get().starts_with(&format!("pid={new_pid} generation=1 ")));
+    let (_, failures) = load.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+}
+
+#[test]
+fn successor_crashing_at_start_is_reported_with_its_signal() {
+    failed_upgrade_leaves_the_old_one_serving("crash", "new process was killed by signal SIGABRT before becoming ready");
+}
+
+#[test]
+fn successor_exiting_after_reading_the_state_is_reported_with_its_status() {
+    failed_upgrade_leaves_the_old_one_serving(
+        "exit-after-state",
+        "new process exited with status 1 before becoming ready",
+    );
+}
+
+#[test]
+fn successor_rejecting_the_state_version_fails_the_upgrade() {
+    failed_upgrade_leaves_the_old_one_serving(
+        "reject-version",
+        "new process exited with status 3 before becoming ready",
+    );
+}
+
+#[test]
+fn successor_never_ready_is_killed_with_its_children() {
+    failed_upgrade_leaves_the_old_one_serving("hang", "not ready after 1500 ms");
+}
+
+#[test]
+fn the_binary_now_at_the_path_is_what_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let exe = bin.join("server");
+    std::fs::copy(FIXTURE, &exe).unwrap();
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--control").arg(dir.path().join("control"));
+    let mut server = Server::spawn(dir, cmd);
+    let first_pid = server.pid;
+
+    // Install a "new version" that crashes, the way package managers do: write, then rename.
+    let staged = bin.join("server.new");
+    std::fs::write(&staged, "#!/bin/sh\nkill -SEGV $$\n").unwrap();
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let err = server.restart().expect_err("the crashing binary must not take over");
+    assert_eq!(err, "new process was killed by signal SIGSEGV before becoming ready");
+    assert!(server.get().starts_with(&format!("pid={first_pid} ")));
+
+    // Install a good one: it is what starts (not the old inode /proc/self/exe points at).
+    std::fs::copy(FIXTURE, &staged).unwrap();
+    std::fs::rename(&staged, &exe).unwrap();
+    let new_pid = server.restart().unwrap();
+    assert_eq!(std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap(), exe);
+    assert!(server.get().starts_with(&format!("pid={new_pid} generation=1 ")));
+}
+
+#[test]
+fn concurrent_restart_requests_get_restart_already_in_progress() {
+    let mut server = Server::start(|_, cmd| {
+        cmd.args(["--ready-timeout-ms", "3000"]);
+    });
+    server.set_mode("hang");
+    let first = std::thread::spawn({
+        let control_path = server.path("control");
+        move || control(&control_path, "restart")
+    });
+    // The hanging successor is running: the first upgrade is in progress.
+    wait_for("the successor to start", || server.path("mode.pids").exists().then_some(()));
+    assert_eq!(server.control("restart"), "err restart already in progress");
+    assert_eq!(first.join().unwrap(), "err not ready after 3 s");
+
+    server.set_mode("ok");
+    let pid = server.restart().unwrap();
+    assert!(server.get().starts_with(&format!("pid={pid} ")));
+}
