@@ -2,14 +2,14 @@
 //! sockets, real signals; successful handovers under load, every failure path, systemd socket
 //! activation and notification, and the `SCM_RIGHTS` mode.
 
-use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lifeline_tests::{PATIENCE, wait_for};
 use nix::sys::signal::{Signal, kill};
@@ -47,20 +47,7 @@ impl Lines {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line starting with {prefix:?} within {PATIENCE:?}; seen: {:?}", self.seen),
-            }
-        }
-    }
-
-    /// Waits for the end of the pipe (every writer exited); returns the unclaimed lines.
-    fn wait_closed(&mut self) -> Vec<String> {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(mpsc::RecvTimeoutError::Disconnected) => return std::mem::take(&mut self.seen),
-                Err(mpsc::RecvTimeoutError::Timeout) => panic!("pipe still open after {PATIENCE:?}"),
+                Err(e) => panic!("no line starting with {prefix:?} ({e}); seen: {:?}", self.seen),
             }
         }
     }
@@ -257,7 +244,6 @@ fn hammer(addr: SocketAddr, new_connections: bool, stop: &AtomicBool, ok: &Atomi
     failures
 }
 
-
 #[test]
 fn twenty_handovers_under_load_drop_nothing_pass_state_and_leak_no_fds() {
     let mut server = Server::start(|dir, cmd| {
@@ -304,12 +290,17 @@ fn twenty_handovers_under_load_drop_nothing_pass_state_and_leak_no_fds() {
         let status = server.control("status");
         assert_eq!(field(&status, "pid"), new_pid.to_string());
         assert_eq!(field(&status, "generation"), (round + 1).to_string());
-        let served: u64 = field(&status, "served").parse().unwrap();
-        assert!(served > last_served, "served went from {last_served} to {served}: state lost");
-        last_served = served;
+        let count: u64 = field(&status, "served").parse().unwrap();
+        assert!(count > last_served, "served went from {last_served} to {count}: state lost");
+        last_served = count;
     }
     let (ok, failures) = load.stop();
-    assert!(failures.is_empty(), "{} failed requests (of {}): {failures:?}", failures.len(), ok + failures.len() as u64);
+    assert!(
+        failures.is_empty(),
+        "{} failed requests (of {}): {failures:?}",
+        failures.len(),
+        ok + failures.len() as u64
+    );
     assert!(ok > 100, "only {ok} requests during the handovers");
 
     // Every old process exited; the first one with status 0.
@@ -319,7 +310,8 @@ fn twenty_handovers_under_load_drop_nothing_pass_state_and_leak_no_fds() {
         wait_for("an old process to be gone", || is_dead(*pid).then_some(()));
     }
     // The directory lock passed along and is still held.
-    let flock = Command::new("flock").args(["-n", "-E", "75"]).arg(server.path("lock")).arg("true").status().unwrap();
+    let flock =
+        Command::new("flock").args(["-n", "-E", "75"]).arg(server.path("lock")).arg("true").status().unwrap();
     assert_eq!(flock.code(), Some(75), "the lock was not held across the handovers");
 
     wait_for("the serving process to settle at the first one's fd count", || {
@@ -364,7 +356,10 @@ fn failed_upgrade_leaves_the_old_one_serving(mode: &str, reason: &str) {
 
 #[test]
 fn successor_crashing_at_start_is_reported_with_its_signal() {
-    failed_upgrade_leaves_the_old_one_serving("crash", "new process was killed by signal SIGABRT before becoming ready");
+    failed_upgrade_leaves_the_old_one_serving(
+        "crash",
+        "new process was killed by signal SIGABRT before becoming ready",
+    );
 }
 
 #[test]
@@ -435,4 +430,196 @@ fn concurrent_restart_requests_get_restart_already_in_progress() {
     server.set_mode("ok");
     let pid = server.restart().unwrap();
     assert!(server.get().starts_with(&format!("pid={pid} ")));
+}
+
+/// A port that was free a moment ago (bind port 0, close).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+}
+
+/// Runs `systemd-socket-activate -l 127.0.0.1:PORT --fdname=http [ssa_args] FIXTURE [args]`,
+/// retrying with another port if the one picked was taken in between.
+fn socket_activate(ssa_args: &[&str], args: &[&std::ffi::OsStr], udp: bool) -> (Child, Lines, Lines, u16) {
+    for _ in 0..10 {
+        let port = free_port(udp);
+        let mut child = Command::new("systemd-socket-activate")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--fdname=http")
+            .args(ssa_args)
+            .arg(FIXTURE)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("systemd-socket-activate must be installed (systemd package)");
+        let stdout = Lines::new(child.stdout.take().unwrap());
+        let stderr = Lines::new(child.stderr.take().unwrap());
+        let first = stderr.rx.recv_timeout(PATIENCE).unwrap_or_default();
+        if first.starts_with("Listening on") {
+            return (child, stdout, stderr, port);
+        }
+        // Most likely "Address already in use": somebody took the port in between.
+        let _ = child.wait();
+    }
+    panic!("systemd-socket-activate could not listen on a free port in 10 tries");
+}
+
+#[test]
+fn adopts_a_socket_from_systemd_socket_activate_and_hands_it_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let control_path = dir.path().join("control");
+    let (first, mut stdout, _stderr, port) =
+        socket_activate(&[], &["--control".as_ref(), control_path.as_os_str()], false);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // The first connection makes systemd-socket-activate exec the server (same pid) on fd 3.
+    let answer = request(addr, "GET");
+    assert!(answer.starts_with(&format!("pid={} ", first.id())), "{answer}");
+    let ready = stdout.wait("ready ");
+    assert_eq!(field(&ready, "addr"), addr.to_string());
+    let mut server =
+        Server { dir, first, stdout, addr, pid: field(&ready, "pid").parse().unwrap(), pids: vec![] };
+    server.pids.push(server.pid);
+
+    let new_pid = server.restart().unwrap();
+    assert!(server.get().starts_with(&format!("pid={new_pid} generation=1 ")));
+    // The successor was started without the socket-activation variables.
+    let environ = std::fs::read(format!("/proc/{new_pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("LISTEN_FDS="), "{environ}");
+    assert!(environ.contains("LIFELINE_FDS=http="), "{environ}");
+}
+
+#[test]
+fn an_inherited_socket_of_the_wrong_type_is_rejected() {
+    // A UDP socket named `http` where the server takes a TCP listener.
+    let (mut child, _stdout, mut stderr, port) = socket_activate(&["--datagram"], &[], true);
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.send_to(b"wake up", ("127.0.0.1", port)).unwrap();
+    let line = stderr.wait("handover-server: ");
+    assert_eq!(
+        line,
+        "handover-server: inherited file descriptor \"http\" is a UDP socket, not a TCP listener"
+    );
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2));
+}
+
+/// Receives one datagram from the fake `NOTIFY_SOCKET`, with the fds it carries.
+fn recv_notify(sock: &UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg};
+
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([RawFd; 16]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .expect("a notification within PATIENCE");
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds in this process for this message.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let len = msg.bytes;
+    (String::from_utf8_lossy(&buf[..len]).into_owned(), fds)
+}
+
+#[test]
+fn notify_socket_gets_ready_fd_store_and_each_new_main_pid() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let sock = UnixDatagram::bind(&notify_path).unwrap();
+    sock.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut server = Server::start(|dir, cmd| {
+        cmd.env("NOTIFY_SOCKET", &notify_path).arg("--fd-store").arg("--pid-file").arg(dir.join("pid"));
+    });
+    let pid_file = server.path("pid");
+    assert_eq!(recv_notify(&sock).0, "READY=1\n");
+    // The registered fds went to the fd store under their names.
+    let (msg, fds) = recv_notify(&sock);
+    assert_eq!(msg, "FDSTORE=1\nFDNAME=http\n");
+    let [fd] = <[_; 1]>::try_from(fds).unwrap();
+    let stored = std::net::TcpListener::from(fd);
+    assert_eq!(stored.local_addr().unwrap(), server.addr);
+    let (msg, fds) = recv_notify(&sock);
+    assert_eq!(msg, "FDSTORE=1\nFDNAME=control\n");
+    assert_eq!(fds.len(), 1);
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", server.pid));
+
+    for _ in 0..2 {
+        let new_pid = server.restart().unwrap();
+        // From the old process, still the main one; the successor sends no READY=1 of its own.
+        let (msg, fds) = recv_notify(&sock);
+        assert_eq!(msg, format!("MAINPID={new_pid}\n"));
+        assert!(fds.is_empty());
+        assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{new_pid}\n"));
+    }
+}
+
+#[test]
+fn an_independent_successor_takes_over_through_scm_rights() {
+    let mut server = Server::start(|dir, cmd| {
+        cmd.arg("--successor-socket").arg(dir.join("handover"));
+    });
+    let socket = server.path("handover");
+    let mode_file = server.path("successor-mode");
+    let load = Load::start(server.addr);
+    load.wait_progress(5);
+    let successor = |mode: Option<&str>| {
+        let mut cmd = Command::new(FIXTURE);
+        cmd.arg("--from-socket").arg(&socket);
+        if let Some(mode) = mode {
+            let file = &mode_file;
+            std::fs::write(file, mode).unwrap();
+            cmd.arg("--mode-file").arg(file);
+        }
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+        let lines = Lines::new(child.stdout.take().unwrap());
+        (child, lines)
+    };
+
+    // A successor that fails after taking the fds and the state changes nothing.
+    let (mut failed, _) = successor(Some("exit-after-state"));
+    assert_eq!(failed.wait().unwrap().code(), Some(1));
+    assert!(server.get().starts_with(&format!("pid={} generation=0 ", server.pid)));
+
+    // Generation 1 takes over from the first process, then generation 2 from it, same socket.
+    let mut old_pid = server.pid;
+    let mut children = Vec::new();
+    for generation in 1..=2 {
+        let (child, mut lines) = successor(None);
+        let ready = lines.wait("ready ");
+        let pid: u32 = field(&ready, "pid").parse().unwrap();
+        server.pids.push(pid);
+        assert_eq!(field(&ready, "generation"), generation.to_string());
+        assert_eq!(field(&ready, "addr"), server.addr.to_string());
+        let exit = if generation == 1 {
+            server.stdout.wait(&format!("exit pid={old_pid} "))
+        } else {
+            let (_, previous_lines): &mut (Child, Lines) = children.last_mut().unwrap();
+            previous_lines.wait(&format!("exit pid={old_pid} "))
+        };
+        assert_eq!(field(&exit, "drained"), "complete");
+        load.wait_progress(5);
+        let status = server.control("status");
+        assert_eq!(field(&status, "pid"), pid.to_string());
+        old_pid = pid;
+        children.push((child, lines));
+    }
+    let (_, failures) = load.stop();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(server.first.wait().unwrap().success());
+    let (mut gen1, _) = children.remove(0);
+    assert!(gen1.wait().unwrap().success());
+    for (mut child, _) in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

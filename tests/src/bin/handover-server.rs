@@ -11,7 +11,7 @@
 //! ready; starts a grandchild; writes `child=<pid> grandchild=<pid>` to `FILE.pids`),
 //! `reject-version` (expects state version 2; exits 3).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -133,23 +133,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => Handover::from_env(config)?,
     };
 
-    let listener = match handover.take_tcp_listener("http")? {
-        Some(l) => l,
-        None => std::net::TcpListener::bind(args.listen.as_deref().unwrap_or("127.0.0.1:0"))?,
-    };
-    let control = match handover.take_unix_listener("control")? {
-        Some(l) => Some(l),
-        None => args.control.as_ref().map(std::os::unix::net::UnixListener::bind).transpose()?,
-    };
-    let successor_socket = match handover.take_unix_listener("handover")? {
-        Some(l) => Some(l),
-        None => args.successor_socket.as_ref().map(std::os::unix::net::UnixListener::bind).transpose()?,
-    };
-    let lock = match handover.take_fd("lock") {
-        Some(fd) => Some(fd),
-        None => args.lock.as_ref().map(|p| lock_file(p)).transpose()?,
-    };
-
+    let Sockets { listener, control, successor_socket, lock } =
+        Sockets::take_or_create(&mut handover, &args)?;
     let state = match mode.as_str() {
         "reject-version" => match handover.read_state::<State>(STATE_VERSION + 1).await {
             Ok(state) => state,
@@ -169,14 +154,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let generation = state.map_or(0, |s| s.generation + 1);
 
     handover.register_dup("http", &listener)?;
-    if let Some(c) = &control {
-        handover.register_dup("control", c)?;
-    }
-    if let Some(s) = &successor_socket {
-        handover.register_dup("handover", s)?;
-    }
-    if let Some(fd) = &lock {
-        handover.register_dup("lock", fd)?;
+    for (name, fd) in [
+        ("control", control.as_ref().map(AsFd::as_fd)),
+        ("handover", successor_socket.as_ref().map(AsFd::as_fd)),
+        ("lock", lock.as_ref().map(AsFd::as_fd)),
+    ] {
+        if let Some(fd) = fd {
+            handover.register_dup(name, &fd)?;
+        }
     }
     let upgrader = handover.ready(Lifecycle { served: served.clone(), generation }).await?;
 
@@ -191,7 +176,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let info = Info { served: served.clone(), generation, stop: stop.clone() };
     if let Some(c) = control {
         c.set_nonblocking(true)?;
-        tracker.spawn(control_loop(UnixListener::from_std(c)?, upgrader.clone(), info.clone(), tracker.clone()));
+        tracker.spawn(control_loop(
+            UnixListener::from_std(c)?,
+            upgrader.clone(),
+            info.clone(),
+            tracker.clone(),
+        ));
     }
     if let Some(s) = successor_socket {
         let upgrader = upgrader.clone();
@@ -229,6 +219,36 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the server listens on and holds: inherited by name, or created on a first start.
+struct Sockets {
+    listener: std::net::TcpListener,
+    control: Option<std::os::unix::net::UnixListener>,
+    successor_socket: Option<std::os::unix::net::UnixListener>,
+    lock: Option<OwnedFd>,
+}
+
+impl Sockets {
+    fn take_or_create(handover: &mut Handover, args: &Args) -> anyhow::Result<Sockets> {
+        let listener = match handover.take_tcp_listener("http")? {
+            Some(l) => l,
+            None => std::net::TcpListener::bind(args.listen.as_deref().unwrap_or("127.0.0.1:0"))?,
+        };
+        let control = match handover.take_unix_listener("control")? {
+            Some(l) => Some(l),
+            None => args.control.as_ref().map(std::os::unix::net::UnixListener::bind).transpose()?,
+        };
+        let successor_socket = match handover.take_unix_listener("handover")? {
+            Some(l) => Some(l),
+            None => args.successor_socket.as_ref().map(std::os::unix::net::UnixListener::bind).transpose()?,
+        };
+        let lock = match handover.take_fd("lock") {
+            Some(fd) => Some(fd),
+            None => args.lock.as_ref().map(|p| lock_file(p)).transpose()?,
+        };
+        Ok(Sockets { listener, control, successor_socket, lock })
+    }
+}
+
 #[derive(Clone)]
 struct Info {
     served: Arc<AtomicU64>,
@@ -238,7 +258,11 @@ struct Info {
 
 impl Info {
     fn line(&self, count: bool) -> String {
-        let served = if count { self.served.fetch_add(1, Ordering::SeqCst) + 1 } else { self.served.load(Ordering::SeqCst) };
+        let served = if count {
+            self.served.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.served.load(Ordering::SeqCst)
+        };
         format!("pid={} generation={} served={served}", std::process::id(), self.generation)
     }
 }
