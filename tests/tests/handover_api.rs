@@ -24,7 +24,8 @@ async fn fresh_start_registration_rules_and_single_adoption() {
     handover.register_dup("http", &listener).unwrap();
     let err = handover.register_dup("http", &listener).unwrap_err();
     assert_eq!(err.to_string(), "a file descriptor named \"http\" is already registered");
-    let err = handover.register("bad,name", OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap())).unwrap_err();
+    let err =
+        handover.register("bad,name", OwnedFd::from(TcpListener::bind("127.0.0.1:0").unwrap())).unwrap_err();
     assert!(matches!(err, Error::InvalidName { .. }), "{err}");
 
     let upgrader = handover.ready(()).await.unwrap();
