@@ -47,6 +47,16 @@ impl StateFrame {
 }
 
 /// Encodes `value` as one state frame tagged with `version`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let frame = handover::encode_frame(2, &(41u64, "counter"), 1024).unwrap();
+/// let read = handover::read_frame(&mut frame.as_slice(), 1024).await.unwrap().unwrap();
+/// assert_eq!(read.decode::<(u64, String)>(2).unwrap(), (41, "counter".to_owned()));
+/// // A reader that expects another version refuses the frame instead of misreading it.
+/// assert!(matches!(read.decode::<(u64, String)>(3), Err(handover::Error::StateVersion { found: 2, expected: 3 })));
+/// # });
+/// ```
 pub fn encode_frame<T: Serialize + ?Sized>(version: u32, value: &T, limit: usize) -> Result<Vec<u8>, Error> {
     let payload = postcard::to_stdvec(value)
         .map_err(|e| Error::StateCorrupt { reason: format!("cannot encode: {e}") })?;
