@@ -77,6 +77,8 @@ impl Server {
         let mut cmd = Command::new(FIXTURE);
         cmd.arg("--control").arg(dir.path().join("control"));
         cmd.arg("--mode-file").arg(dir.path().join("mode"));
+        // Never talk to a service manager the test run itself may be under.
+        cmd.env_remove("NOTIFY_SOCKET");
         extra(dir.path(), &mut cmd);
         Server::spawn(dir, cmd)
     }

@@ -55,6 +55,16 @@ impl Handover {
         let mut stream = UnixStream::connect(path)
             .await
             .map_err(|source| Error::Connect { path: path.to_owned(), source })?;
+        // Only a process of our own user (or root) may hand us sockets and state.
+        let cred = stream.peer_cred().map_err(Error::io("read the peer's credentials"))?;
+        let me = nix::unistd::geteuid().as_raw();
+        if cred.uid() != me && cred.uid() != 0 {
+            return Err(protocol(format!(
+                "the process at {} runs as uid {}, not {me}",
+                path.display(),
+                cred.uid()
+            )));
+        }
         let offer = tokio::time::timeout(timeout, async {
             stream.write_all(&REQUEST).await.map_err(Error::io("send the handover request"))?;
             recv_offer(&mut stream).await
