@@ -1,0 +1,355 @@
+//! Benchmark of `handover`: restart latency (request → "restart complete") against the floor of
+//! spawning the same binary and reading one readiness byte, and requests failed while clients
+//! hammer the server through repeated restarts — `handover` side by side with the same server on
+//! cloudflare's `ecdysis` and with a naive stop-then-start restart. All in one run, one machine.
+
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use lifeline_bench::{Row, iterations, median, ms, percentile};
+
+const MECHANISM: &str = "handover";
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> anyhow::Result<()> {
+    let helper = helper()?;
+    let dir = tempfile::tempdir()?;
+
+    // Floor and handover samples alternate, so that both see the same machine load.
+    let mut server = Server::start(&helper, Kind::Handover, dir.path())?;
+    // One untimed round warms the page cache and the lazy paths of both.
+    server.restart()?;
+    floor_latency(&helper)?;
+    let mut floor_ms = Vec::new();
+    let mut handover_ms = Vec::new();
+    for _ in 0..iterations(50, 5) {
+        floor_ms.push(ms(floor_latency(&helper)?));
+        handover_ms.push(ms(server.restart()?));
+    }
+    drop(server);
+    let floor_p50 = median(&mut floor_ms);
+    let handover_p50 = median(&mut handover_ms);
+    let handover_p99 = percentile(&mut handover_ms, 99.0);
+    Row::new(MECHANISM, "restart latency p50 (request → restart complete)", handover_p50, "ms", "≤ 25 ms")
+        .baseline("spawn same binary + read 1 readiness byte (p50)", floor_p50)
+        .met(handover_p50 <= 25.0)
+        .samples(handover_ms.clone())
+        .emit();
+    Row::new(MECHANISM, "restart latency p99", handover_p99, "ms", "informational")
+        .baseline("spawn same binary + read 1 readiness byte (p99)", percentile(&mut floor_ms, 99.0))
+        .emit();
+
+    let ecdysis = restart_latencies(&helper, Kind::Ecdysis, dir.path(), iterations(20, 3))?;
+    let mut ecdysis_ms: Vec<f64> = ecdysis.iter().map(|d| ms(*d)).collect();
+    Row::new(
+        MECHANISM,
+        "ecdysis 1.1.1 restart latency p50 (upgrade socket → closed)",
+        median(&mut ecdysis_ms),
+        "ms",
+        "informational",
+    )
+    .baseline("handover restart latency p50", handover_p50)
+    .samples(ecdysis_ms)
+    .emit();
+    let naive = restart_latencies(&helper, Kind::Naive, dir.path(), iterations(20, 3))?;
+    let mut naive_ms: Vec<f64> = naive.iter().map(|d| ms(*d)).collect();
+    Row::new(
+        MECHANISM,
+        "naive stop-then-start latency p50 (SIGTERM → new one serving)",
+        median(&mut naive_ms),
+        "ms",
+        "informational",
+    )
+    .baseline("handover restart latency p50", handover_p50)
+    .samples(naive_ms)
+    .emit();
+
+    let restarts = iterations(20, 3);
+    let naive = failures_under_load(&helper, Kind::Naive, dir.path(), restarts)?;
+    let ecdysis = failures_under_load(&helper, Kind::Ecdysis, dir.path(), restarts)?;
+    let handover = failures_under_load(&helper, Kind::Handover, dir.path(), restarts)?;
+    for (kind, load) in [(Kind::Handover, &handover), (Kind::Ecdysis, &ecdysis), (Kind::Naive, &naive)] {
+        eprintln!(
+            "bench-handover: {kind:?}: {} ok, {} failed over {restarts} restarts; first failures: {:?}",
+            load.ok,
+            load.failures.len(),
+            load.failures.iter().take(3).collect::<Vec<_>>()
+        );
+    }
+    let name = format!("failed requests during {restarts} handovers under load");
+    Row::new(MECHANISM, &name, handover.failures.len() as f64, "count", "0")
+        .baseline("naive stop-then-start, same load", naive.failures.len() as f64)
+        .met(handover.failures.is_empty())
+        .emit();
+    let name = format!("ecdysis 1.1.1: failed requests during {restarts} upgrades under load");
+    Row::new(MECHANISM, &name, ecdysis.failures.len() as f64, "count", "informational")
+        .baseline("naive stop-then-start, same load", naive.failures.len() as f64)
+        .emit();
+    let name = format!("requests answered during the {restarts}-handover run (4 clients)");
+    Row::new(MECHANISM, &name, handover.ok as f64, "count", "informational").emit();
+    Ok(())
+}
+
+/// The helper server program, built beside this one (`cargo xtask bench` builds every bench
+/// binary); built on demand when this benchmark was built alone.
+fn helper() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("bench-handover-server");
+    if !path.exists() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+        let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--release", "-p", "lifeline-bench", "--bin", "bench-handover-server"])
+            .current_dir(root)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() || !path.exists() {
+            bail!("cannot build {}", path.display());
+        }
+    }
+    Ok(path)
+}
+
+/// Spawns the helper binary and reads the one byte it writes: what any restart has to pay.
+fn floor_latency(helper: &Path) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut child = Command::new(helper).arg("--floor").stdout(Stdio::piped()).spawn()?;
+    let mut byte = [0u8; 1];
+    child.stdout.take().context("stdout")?.read_exact(&mut byte)?;
+    let elapsed = start.elapsed();
+    child.wait()?;
+    Ok(elapsed)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Handover,
+    Ecdysis,
+    Naive,
+}
+
+/// A running server of one kind and the lines its processes print.
+struct Server {
+    kind: Kind,
+    helper: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    lines: mpsc::Receiver<String>,
+    tx: mpsc::Sender<String>,
+    children: Vec<Child>,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+fn pipe_lines(child: &mut Child, tx: &mpsc::Sender<String>) {
+    if let Some(out) = child.stdout.take() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    fn start(helper: &Path, kind: Kind, dir: &Path) -> anyhow::Result<Server> {
+        let dir = tempfile::tempdir_in(dir)?.keep();
+        let (tx, lines) = mpsc::channel();
+        let mut server = Server {
+            kind,
+            helper: helper.to_owned(),
+            dir,
+            port: free_port()?,
+            lines,
+            tx,
+            children: Vec::new(),
+            pid: 0,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        server.spawn()?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.helper);
+        match self.kind {
+            Kind::Handover => cmd.arg("--handover").arg("--control").arg(self.dir.join("control")),
+            Kind::Ecdysis => cmd
+                .arg("--ecdysis")
+                .args(["--port", &self.port.to_string()])
+                .arg("--upgrade-socket")
+                .arg(self.dir.join("upgrade")),
+            Kind::Naive => cmd.arg("--naive").args(["--port", &self.port.to_string()]),
+        };
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn()?;
+        pipe_lines(&mut child, &self.tx);
+        self.children.push(child);
+        self.wait_ready(None)
+    }
+
+    /// Waits for a `ready` line (of `pid`, when given).
+    fn wait_ready(&mut self, pid: Option<u32>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let line = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))?;
+            let Some(rest) = line.strip_prefix("ready pid=") else { continue };
+            let mut words = rest.split_whitespace();
+            let ready_pid: u32 = words.next().context("pid")?.parse()?;
+            if pid.is_some_and(|p| p != ready_pid) {
+                continue;
+            }
+            let addr = words.find_map(|w| w.strip_prefix("addr=")).context("addr")?;
+            self.pid = ready_pid;
+            self.addr = addr.parse()?;
+            return Ok(());
+        }
+    }
+
+    /// Restarts the server the way its kind does; returns request → complete.
+    fn restart(&mut self) -> anyhow::Result<Duration> {
+        match self.kind {
+            Kind::Handover => {
+                let mut conn = UnixStream::connect(self.dir.join("control"))?;
+                conn.set_read_timeout(Some(TIMEOUT))?;
+                let mut answer = String::new();
+                let start = Instant::now();
+                conn.write_all(b"restart\n")?;
+                BufReader::new(conn).read_line(&mut answer)?;
+                let elapsed = start.elapsed();
+                let pid = answer.trim().strip_prefix("ok ").with_context(|| format!("restart: {answer}"))?;
+                self.wait_ready(Some(pid.parse()?))?;
+                Ok(elapsed)
+            }
+            Kind::Ecdysis => {
+                let old = self.pid;
+                let start = Instant::now();
+                let mut conn = UnixStream::connect(self.dir.join("upgrade"))?;
+                conn.set_read_timeout(Some(TIMEOUT))?;
+                let mut rest = Vec::new();
+                conn.read_to_end(&mut rest)?;
+                let elapsed = start.elapsed();
+                self.wait_ready(None)?;
+                if self.pid == old {
+                    bail!("ecdysis did not upgrade");
+                }
+                Ok(elapsed)
+            }
+            Kind::Naive => {
+                let start = Instant::now();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::SIGTERM,
+                )?;
+                let mut old = self.children.pop().context("no child")?;
+                old.wait()?;
+                self.spawn()?;
+                Ok(start.elapsed())
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::SIGKILL);
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn restart_latencies(helper: &Path, kind: Kind, dir: &Path, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut server = Server::start(helper, kind, dir)?;
+    // One untimed restart warms the page cache and the server's lazy paths.
+    server.restart()?;
+    (0..n).map(|_| server.restart()).collect()
+}
+
+struct LoadResult {
+    ok: u64,
+    failures: Vec<String>,
+}
+
+/// Hammers the server (new connections and keep-alive ones) while it restarts `restarts` times.
+fn failures_under_load(helper: &Path, kind: Kind, dir: &Path, restarts: usize) -> anyhow::Result<LoadResult> {
+    let mut server = Server::start(helper, kind, dir)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, addr) = (stop.clone(), ok.clone(), server.addr);
+            std::thread::spawn(move || hammer(addr, i % 2 == 0, &stop, &ok))
+        })
+        .collect();
+    let wait_progress = |n: u64| {
+        let target = ok.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + TIMEOUT;
+        while ok.load(Ordering::SeqCst) < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_progress(50);
+    for _ in 0..restarts {
+        server.restart()?;
+        wait_progress(50);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let failures = threads.into_iter().flat_map(|t| t.join().unwrap_or_default()).collect();
+    Ok(LoadResult { ok: ok.load(Ordering::SeqCst), failures })
+}
+
+fn hammer(addr: SocketAddr, new_connections: bool, stop: &AtomicBool, ok: &AtomicU64) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let started = Instant::now();
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(600) {
+        if conn.is_none() {
+            match TcpStream::connect(addr).and_then(|c| {
+                c.set_read_timeout(Some(TIMEOUT))?;
+                let reader = BufReader::new(c.try_clone()?);
+                Ok((c, reader))
+            }) {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    failures.push(format!("connect: {e}"));
+                    // A refused connect returns at once; do not spin on it.
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+        }
+        let Some((c, reader)) = conn.as_mut() else { continue };
+        let mut answer = String::new();
+        match c.write_all(b"GET\n").and_then(|()| reader.read_line(&mut answer)) {
+            Ok(n) if n > 0 => {
+                ok.fetch_add(1, Ordering::SeqCst);
+                if new_connections || answer.trim_end().ends_with(" close") {
+                    conn = None;
+                }
+            }
+            Ok(_) => {
+                failures.push("closed without an answer".to_owned());
+                conn = None;
+            }
+            Err(e) => {
+                failures.push(format!("request: {e}"));
+                conn = None;
+            }
+        }
+    }
+    failures
+}

@@ -1,0 +1,179 @@
+//! Starting the successor: fds inherited by name, state and readiness pipes, its own process group.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::{Pid, pipe2};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::pipe;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::env::{
+    LIFELINE_FDS, LIFELINE_PARENT_PID, LIFELINE_READY_FD, LIFELINE_STATE_FD, LISTEN_FDNAMES, LISTEN_FDS,
+    LISTEN_PID, format_fds,
+};
+use crate::error::ExitReason;
+use crate::handover::{READY_BYTE, READY_LEN};
+use crate::lifecycle::DynLifecycle;
+use crate::upgrader::Shared;
+use crate::{Error, StateWriter};
+
+/// How long a successor that closed its readiness pipe has to exit before it is killed (and the
+/// failure reported as "closed" rather than with its exit status).
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Spawns the successor and waits for it to become ready; kills its process group on failure.
+pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLifecycle) -> Result<u32, Error> {
+    let (state_rx, state_tx) =
+        pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Io { op: "create the state pipe", source: e.into() })?;
+    let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC)
+        .map_err(|e| Error::Io { op: "create the readiness pipe", source: e.into() })?;
+    let deadline = Instant::now() + shared.config.ready_timeout;
+    let mut child = spawn(shared, &state_rx, &ready_tx)?;
+    // The child's ends, closed here so that the child's exit is seen as EOF.
+    drop((state_rx, ready_tx));
+    let pid = child.id().unwrap_or_default();
+    tracing::info!(pid, executable = %shared.executable.display(), "started the new process");
+
+    let outcome = match (pipe::Sender::from_owned_fd(state_tx), pipe::Receiver::from_owned_fd(ready_rx)) {
+        (Ok(tx), Ok(rx)) => {
+            let writer = StateWriter::new(tx, shared.config.state_limit);
+            tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle))
+                .await
+                .unwrap_or(Err(Error::NotReady { pid, timeout: shared.config.ready_timeout }))
+        }
+        (Err(source), _) | (_, Err(source)) => Err(Error::Io { op: "register the handover pipes", source }),
+    };
+    if outcome.is_err() {
+        kill_and_reap(&mut child, pid).await;
+    }
+    // On success, dropping `child` leaves it running; tokio reaps it should it exit while we live.
+    outcome
+}
+
+fn spawn(shared: &Shared, state_rx: &OwnedFd, ready_tx: &OwnedFd) -> Result<Child, Error> {
+    let registry = shared.registry();
+    let mut keep: Vec<RawFd> = registry.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    keep.push(state_rx.as_raw_fd());
+    keep.push(ready_tx.as_raw_fd());
+
+    let mut cmd = Command::new(&shared.executable);
+    cmd.args(&shared.args)
+        .env(LIFELINE_FDS, format_fds(registry.iter().map(|(n, fd)| (n, fd.as_raw_fd()))))
+        .env(LIFELINE_STATE_FD, state_rx.as_raw_fd().to_string())
+        .env(LIFELINE_READY_FD, ready_tx.as_raw_fd().to_string())
+        .env(LIFELINE_PARENT_PID, std::process::id().to_string())
+        .env_remove(LISTEN_PID)
+        .env_remove(LISTEN_FDS)
+        .env_remove(LISTEN_FDNAMES)
+        .stdin(Stdio::null())
+        // Its own process group: a failed successor is killed together with its children.
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: it calls fcntl(2) on numbers collected beforehand and allocates nothing
+    // (`last_os_error` builds an `io::Error` from errno without allocating). Clearing FD_CLOEXEC
+    // there changes only the child's descriptor table; the parent's fds keep the flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| Error::Spawn { path: shared.executable.clone(), source })
+}
+
+/// Sends the state while waiting for the readiness message or the child's exit.
+async fn wait_ready(
+    child: &mut Child,
+    pid: u32,
+    ready: pipe::Receiver,
+    mut writer: StateWriter,
+    lifecycle: &mut dyn DynLifecycle,
+) -> Result<u32, Error> {
+    let send = async move {
+        let result = lifecycle.send_state(&mut writer).await;
+        // Closing the pipe is the end of the state.
+        drop(writer);
+        result
+    };
+    let read = read_ready(ready);
+    tokio::pin!(send, read);
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            // Exit first: a child that wrote its readiness and died at once is not ready.
+            biased;
+            status = child.wait() => {
+                let status = status.map_err(Error::io("wait for the new process"))?;
+                return Err(Error::Exited { pid, status: ExitReason::from_status(status) });
+            }
+            result = &mut read => return match result? {
+                Some(ready_pid) => Ok(ready_pid),
+                // Closed without the message: almost always the process exiting. Its status
+                // says more than "closed", so give it a moment to arrive.
+                None => match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                    Ok(status) => {
+                        let status = status.map_err(Error::io("wait for the new process"))?;
+                        Err(Error::Exited { pid, status: ExitReason::from_status(status) })
+                    }
+                    Err(_) => Err(Error::ClosedWithoutReady { pid }),
+                },
+            },
+            result = &mut send, if sending => {
+                sending = false;
+                match result {
+                    Ok(()) => tracing::debug!(pid, "state sent"),
+                    // The child closed its end: it does not want the state, or it is exiting;
+                    // its exit or readiness decides.
+                    Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        tracing::debug!(pid, "the new process closed the state pipe");
+                    }
+                    Err(source) => return Err(Error::SendState { source }),
+                }
+            }
+        }
+    }
+}
+
+/// Reads the readiness message: `Some(pid)`, or `None` if the pipe closed first.
+pub(crate) async fn read_ready<R: tokio::io::AsyncRead + Unpin>(mut ready: R) -> Result<Option<u32>, Error> {
+    let mut msg = [0u8; READY_LEN];
+    let mut filled = 0;
+    while filled < READY_LEN {
+        let n = ready.read(&mut msg[filled..]).await.map_err(Error::io("read the readiness message"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        filled += n;
+    }
+    if msg[0] != READY_BYTE {
+        return Err(Error::Protocol { reason: format!("unexpected readiness message {msg:?}") });
+    }
+    Ok(Some(u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]])))
+}
+
+/// SIGKILLs the child's process group and reaps the child.
+async fn kill_and_reap(child: &mut Child, pid: u32) {
+    if pid != 0 {
+        // The group id is the child's pid (`process_group(0)`). While the group has members
+        // the kernel does not hand that number out again; ESRCH means none is left.
+        match killpg(Pid::from_raw(pid as i32), Signal::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => tracing::warn!(pid, error = %e, "cannot kill the new process group"),
+        }
+    }
+    match child.wait().await {
+        Ok(status) => tracing::info!(pid, ?status, "the failed new process was reaped"),
+        Err(e) => tracing::warn!(pid, error = %e, "cannot reap the failed new process"),
+    }
+}

@@ -1,0 +1,174 @@
+//! `Upgrader`: the running process's handle that starts a successor and hands over to it.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::fds::Registry;
+use crate::handover::Handover;
+use crate::lifecycle::DynLifecycle;
+use crate::{Config, Error, LifecycleHandler, notify};
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) executable: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    registry: Mutex<Registry>,
+    /// Held for the whole of an upgrade: `try_lock` failing means one is running.
+    lifecycle: tokio::sync::Mutex<Box<dyn DynLifecycle>>,
+    successor: OnceLock<u32>,
+    upgraded: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the registry half-updated (every change
+        // is one Vec operation), so a poisoned lock is still usable.
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The running process's handle for handing over to a successor; returned by
+/// [`Handover::ready`]. Cheap to clone; every clone drives the same process.
+///
+/// After a successful upgrade the token of [`Upgrader::upgraded`] is cancelled: stop accepting,
+/// drain in-flight work ([`drain`](crate::drain)), and exit 0.
+#[derive(Clone)]
+pub struct Upgrader {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Upgrader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrader")
+            .field("executable", &self.shared.executable)
+            .field("successor", &self.shared.successor.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The upgrade lock, held for the whole of one upgrade.
+pub(crate) type UpgradeGuard<'a> = tokio::sync::MutexGuard<'a, Box<dyn DynLifecycle>>;
+
+impl Upgrader {
+    pub(crate) fn new<L: LifecycleHandler>(handover: Handover, lifecycle: L) -> Self {
+        Upgrader {
+            shared: Arc::new(Shared {
+                config: handover.config,
+                executable: handover.executable,
+                args: handover.args,
+                registry: Mutex::new(handover.registry),
+                lifecycle: tokio::sync::Mutex::new(Box::new(lifecycle)),
+                successor: OnceLock::new(),
+                upgraded: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Starts the executable this process was started from with the registered file
+    /// descriptors, sends it the state, and waits until it calls `ready()`; returns its pid.
+    ///
+    /// On success this process is no longer the main one: [`Upgrader::upgraded`] is cancelled,
+    /// `MAINPID=<new pid>` goes to the service manager and the pid file names the new process.
+    /// Stop accepting and drain. On failure the new process and its process group are killed
+    /// and reaped, [`LifecycleHandler::new_process_failed`] runs, and this process serves on as
+    /// before: [`Error::Exited`], [`Error::NotReady`], [`Error::ClosedWithoutReady`],
+    /// [`Error::SendState`], [`Error::Spawn`]. One upgrade runs at a time: a concurrent call
+    /// fails at once with [`Error::InProgress`], and any call after a success with
+    /// [`Error::AlreadyUpgraded`].
+    ///
+    /// The error's `Display` is the reason to report (`RestartFailed { reason }`).
+    pub async fn upgrade(&self) -> Result<u32, Error> {
+        let mut lifecycle = self.begin()?;
+        let result = crate::spawn::spawn_successor(&self.shared, &mut **lifecycle).await;
+        self.finish(result, &mut **lifecycle).await
+    }
+
+    /// Takes the upgrade lock if no upgrade runs and none succeeded yet.
+    pub(crate) fn begin(&self) -> Result<UpgradeGuard<'_>, Error> {
+        if let Some(pid) = self.successor() {
+            return Err(Error::AlreadyUpgraded { pid });
+        }
+        let guard = self.shared.lifecycle.try_lock().map_err(|_| Error::InProgress)?;
+        // A previous holder may have succeeded between the check above and the lock.
+        if let Some(pid) = self.successor() {
+            return Err(Error::AlreadyUpgraded { pid });
+        }
+        Ok(guard)
+    }
+
+    pub(crate) async fn finish(
+        &self,
+        result: Result<u32, Error>,
+        lifecycle: &mut dyn DynLifecycle,
+    ) -> Result<u32, Error> {
+        match result {
+            Ok(pid) => {
+                self.complete(pid);
+                Ok(pid)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "upgrade failed; this process keeps serving");
+                lifecycle.new_process_failed().await;
+                Err(err)
+            }
+        }
+    }
+
+    fn complete(&self, pid: u32) {
+        // `begin` holds the upgrade lock, so this is the only success.
+        let _ = self.shared.successor.set(pid);
+        tracing::info!(pid, "handed over; draining");
+        if self.shared.config.notify
+            && let Err(err) = notify::main_pid(pid)
+        {
+            tracing::warn!(error = %err, "cannot tell the service manager about the new main pid");
+        }
+        if let Some(path) = &self.shared.config.pid_file
+            && let Err(err) = crate::pidfile::write(path, pid)
+        {
+            tracing::warn!(error = %err, "cannot update the pid file");
+        }
+        // The successor holds its own copies now; ours would only keep sockets open.
+        self.shared.registry().clear();
+        self.shared.upgraded.cancel();
+    }
+
+    /// Cancelled once an upgrade succeeded: the signal to stop accepting and drain.
+    pub fn upgraded(&self) -> CancellationToken {
+        self.shared.upgraded.clone()
+    }
+
+    /// The successor's pid, after a successful upgrade.
+    pub fn successor(&self) -> Option<u32> {
+        self.shared.successor.get().copied()
+    }
+
+    /// Registers `fd` under `name` for the next upgrades (see [`Handover::register`]).
+    pub fn register(&self, name: &str, fd: impl Into<OwnedFd>) -> Result<(), Error> {
+        self.shared.registry().insert(name, fd.into())
+    }
+
+    /// Registers a duplicate of `fd` under `name` (see [`Handover::register_dup`]).
+    pub fn register_dup(&self, name: &str, fd: &impl AsFd) -> Result<(), Error> {
+        let mut registry = self.shared.registry();
+        if registry.contains(name) {
+            return Err(Error::DuplicateName { name: name.to_owned() });
+        }
+        let dup = fd.as_fd().try_clone_to_owned().map_err(Error::io("duplicate a file descriptor"))?;
+        registry.insert(name, dup)
+    }
+
+    /// Removes and returns the file descriptor registered under `name`.
+    pub fn unregister(&self, name: &str) -> Option<OwnedFd> {
+        self.shared.registry().remove(name)
+    }
+
+    /// The names of the registered file descriptors.
+    pub fn registered(&self) -> Vec<String> {
+        self.shared.registry().names().map(str::to_owned).collect()
+    }
+}
