@@ -1,6 +1,8 @@
 //! Shared helpers for lifeline's cross-crate integration tests: locating the binaries under test,
 //! waiting on real conditions with generous timeouts, and generating test certificates.
 
+pub mod certs;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
