@@ -90,7 +90,7 @@ impl LeafSpec {
     pub fn sans(mut self, names: &[&str]) -> LeafSpec {
         self.sans = names.iter().map(|s| (*s).to_owned()).collect();
         if let Some(first) = names.first() {
-            self.common_name = (*first).to_owned();
+            (*first).clone_into(&mut self.common_name);
         }
         self
     }

@@ -41,12 +41,14 @@ pub(crate) async fn run<L: Loader>(shared: Arc<Shared<L>>, config: WatchConfig) 
     }
     shared.polling.store(polling, Ordering::Relaxed);
     tracing::debug!(polling, "watching");
+    // The polling baseline is taken before the load below, so a change racing with that load
+    // is still noticed by the next comparison.
+    let mut last_seen = signature(&shared.loader.paths());
     // The files may have changed since they were loaded (or since a `stop`): the watches are
     // in place now, so one load closes that gap.
     let _ = shared.attempt(Trigger::Start).await;
     after_attempt(&shared, &mut dirs, &mut polling);
 
-    let mut last_seen = signature(&shared.loader.paths());
     let mut poll = tokio::time::interval_at(Instant::now() + config.poll_interval, config.poll_interval);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut recheck =
