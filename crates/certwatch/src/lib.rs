@@ -111,4 +111,4 @@ pub use error::Error;
 pub use event::{Outcome, ReloadEvent, Stats};
 pub use sni::SniResolver;
 pub use source::{CertSource, DEFAULT_MAX_FILE_SIZE, PemFiles};
-pub use watcher::{CertResolver, CertWatcher};
+pub use watcher::{CertResolver, CertWatcher, THREAD_CACHE_ENTRIES};

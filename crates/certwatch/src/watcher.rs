@@ -1,5 +1,6 @@
 //! The certificate watcher handle, [`CertWatcher`], and its lock-free resolver, [`CertResolver`].
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,19 +145,54 @@ impl fmt::Debug for CertWatcher {
     }
 }
 
-/// Hands rustls the current pair: one atomic load and one reference-count increment, no lock.
+/// Hands rustls the current pair without a lock.
 ///
 /// Implements [`ResolvesServerCert`] (a server's certificate) and [`ResolvesClientCert`] (a
 /// client certificate for mTLS). Cloning it is cheap; every clone follows the same watcher.
+///
+/// The handshake path costs one reference-count increment — the floor, since rustls takes an
+/// `Arc` — plus a pointer comparison: each thread keeps the last pair it handed out (for up to
+/// [`THREAD_CACHE_ENTRIES`] resolvers) and takes a fresh one from the `ArcSwap` only when the
+/// pointer there changed. One consequence: a thread that stops doing handshakes keeps the pair
+/// it last served in memory until it resolves again or exits.
 #[derive(Clone)]
 pub struct CertResolver {
     current: Arc<ArcSwap<CertifiedKey>>,
 }
 
+/// How many resolvers each thread caches the current pair of (more alternate without harm:
+/// a miss costs one `ArcSwap::load_full`).
+pub const THREAD_CACHE_ENTRIES: usize = 4;
+
+type PairCache = arc_swap::Cache<Arc<ArcSwap<CertifiedKey>>, Arc<CertifiedKey>>;
+
+thread_local! {
+    static PAIR_CACHE: RefCell<Vec<PairCache>> = const { RefCell::new(Vec::new()) };
+}
+
 impl CertResolver {
-    /// The pair a handshake starting now would get.
+    /// The pair a handshake starting now gets.
     pub fn current(&self) -> Arc<CertifiedKey> {
-        self.current.load_full()
+        PAIR_CACHE
+            .try_with(|cell| {
+                let mut caches = cell.try_borrow_mut().ok()?;
+                let mine: &ArcSwap<CertifiedKey> = &self.current;
+                let index = if let Some(i) = caches.iter().position(|c| std::ptr::eq(c.arc_swap(), mine)) {
+                    i
+                } else {
+                    if caches.len() >= THREAD_CACHE_ENTRIES {
+                        caches.remove(0);
+                    }
+                    caches.push(arc_swap::Cache::new(Arc::clone(&self.current)));
+                    caches.len() - 1
+                };
+                // `load` compares the cached pointer with the swapped one and refreshes on change.
+                Some(Arc::clone(caches[index].load()))
+            })
+            .ok()
+            .flatten()
+            // During thread teardown (or a re-entrant call) the cache is unavailable.
+            .unwrap_or_else(|| self.current.load_full())
     }
 }
 
@@ -168,7 +204,7 @@ impl fmt::Debug for CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current())
     }
 }
 
@@ -178,7 +214,7 @@ impl ResolvesClientCert for CertResolver {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(self.current())
     }
 
     fn has_certs(&self) -> bool {

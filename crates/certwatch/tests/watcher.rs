@@ -344,3 +344,28 @@ async fn sni_selects_by_exact_name_then_wildcard_then_default() {
     );
     assert!(matches!(SniResolver::new().with_name("*", a.resolver()), Err(Error::InvalidServerName { .. })));
 }
+
+#[tokio::test]
+async fn more_resolvers_than_the_thread_cache_holds_each_serve_their_own_fresh_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = certwatch::THREAD_CACHE_ENTRIES as u64 + 2;
+    let watchers: Vec<(CertWatcher, PathBuf, PathBuf)> = (0..n)
+        .map(|i| {
+            let (cert, key) = (dir.path().join(format!("{i}.crt")), dir.path().join(format!("{i}.key")));
+            pair(0x100 + i).write(&cert, &key);
+            (CertWatcher::new(source(&cert, &key), fast()).unwrap(), cert, key)
+        })
+        .collect();
+    let serial = |w: &CertWatcher| {
+        certwatch::CertInfo::from_der(w.resolver().current().cert[0].as_ref()).unwrap().serial
+    };
+    for round in 0..3 {
+        for (i, (w, cert, key)) in watchers.iter().enumerate() {
+            let want = format!("{:x}", 0x100 * (round + 1) + i as u64);
+            assert!(serial(w).ends_with(&want), "round {round}, resolver {i}: {} vs {want}", serial(w));
+            // Rotate this one; the same thread must see the new pair on its next resolve.
+            pair(0x100 * (round + 2) + i as u64).write(cert, key);
+            assert_eq!(w.reload().await.unwrap(), Outcome::Reloaded);
+        }
+    }
+}
