@@ -87,6 +87,9 @@
 //!   [`CertInfo::validity`]), not refused: the alternative is serving an older one.
 //! - The served pair is swapped first and its metadata second, so [`CertWatcher::current`]
 //!   never describes a pair that is not yet served.
+//! - Each thread that resolves keeps the pair it last served (see [`CertResolver`]): a thread
+//!   that stops doing handshakes holds the previous key in memory until it resolves again or
+//!   exits. Nothing is *served* from that cache without first checking it is still current.
 //! - Subscribe before you expect an event: events are broadcast to current subscribers only.
 //!   The initial load produces no event.
 //! - Writers should still replace files atomically (write elsewhere, then `rename`): a

@@ -369,3 +369,21 @@ async fn more_resolvers_than_the_thread_cache_holds_each_serve_their_own_fresh_p
         }
     }
 }
+
+#[tokio::test]
+async fn the_periodic_recheck_picks_up_a_change_no_event_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = paths(dir.path());
+    pair(1).write(&cert, &key);
+    // Polling so slow it never fires during the test: only the re-check can notice.
+    let config = fast()
+        .mode(WatchMode::Poll)
+        .poll_interval(Duration::from_secs(3600))
+        .recheck_interval(Duration::from_millis(100));
+    let w = CertWatcher::watch(source(&cert, &key), config).unwrap();
+    let mut rx = w.subscribe();
+    // The start-up load is done (and found nothing new) before the change is made.
+    common_wait(|| w.stats().unchanged >= 1).await;
+    pair(2).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "02").await;
+}

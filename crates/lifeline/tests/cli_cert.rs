@@ -82,7 +82,7 @@ fn an_expired_pair_is_accepted_with_a_warning() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("validity:   expired"), "{stdout}");
-    assert!(stdout.contains("days_left:  -3"), "{stdout}");
+    assert!(stdout.contains("days_left:  -2"), "{stdout}");
     assert!(text(&out.stderr).contains("expired"), "{}", text(&out.stderr));
 }
 

@@ -35,7 +35,8 @@ fn check(cert: PathBuf, key: PathBuf) -> anyhow::Result<ExitCode> {
     let checked = certwatch::check(&PemFiles::new(cert, key).with_provider(provider))?;
     let info = &checked.info;
     let now = SystemTime::now();
-    let days_left = (unix_secs(info.not_after) - unix_secs(now)).div_euclid(86_400);
+    // Truncated towards zero: -2 reads "expired two (and a bit) days ago".
+    let days_left = (unix_secs(info.not_after) - unix_secs(now)) / 86_400;
     let sans = if info.sans.is_empty() { "-".to_owned() } else { info.sans.join(", ") };
     println!("subject:    {}", info.subject);
     println!("sans:       {sans}");
