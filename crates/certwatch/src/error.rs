@@ -126,13 +126,6 @@ pub enum Error {
     /// [`CertWatcher::start`](crate::CertWatcher::start) was called outside a tokio runtime.
     #[error("the watcher must be started inside a tokio runtime")]
     NoRuntime,
-
-    /// A `rustls::ServerConfig` could not be built (the provider supports no protocol version).
-    #[error("cannot build a TLS configuration: {reason}")]
-    Config {
-        /// What rustls said.
-        reason: rustls::Error,
-    },
 }
 
 impl Error {
