@@ -2,6 +2,7 @@
 //! waiting on real conditions with generous timeouts, and generating test certificates.
 
 pub mod load;
+pub mod certs;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
