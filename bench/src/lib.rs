@@ -31,6 +31,9 @@ pub struct Row {
     /// Raw samples (same unit) for distribution plots; may be empty.
     #[serde(default)]
     pub samples: Vec<f64>,
+    /// Raw samples of the baseline (same unit), plotted beside `samples`; may be empty.
+    #[serde(default)]
+    pub baseline_samples: Vec<f64>,
 }
 
 impl Row {
@@ -46,6 +49,7 @@ impl Row {
             target: target.to_owned(),
             met: None,
             samples: Vec::new(),
+            baseline_samples: Vec::new(),
         }
     }
 
@@ -65,6 +69,12 @@ impl Row {
     /// Attaches raw samples for plotting.
     pub fn samples(mut self, samples: Vec<f64>) -> Self {
         self.samples = samples;
+        self
+    }
+
+    /// Attaches the baseline's raw samples for plotting beside the figure's.
+    pub fn baseline_samples(mut self, samples: Vec<f64>) -> Self {
+        self.baseline_samples = samples;
         self
     }
 

@@ -1,8 +1,8 @@
 //! Shared helpers for lifeline's cross-crate integration tests: locating the binaries under test,
 //! waiting on real conditions with generous timeouts, and generating test certificates.
 
-pub mod load;
 pub mod certs;
+pub mod load;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

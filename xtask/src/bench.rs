@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::ci::cargo;
 use crate::project_root;
+use crate::svg::{Series, cdf, line_chart};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -35,6 +36,10 @@ struct Row {
     baseline: Option<f64>,
     target: String,
     met: Option<bool>,
+    #[serde(default)]
+    samples: Vec<f64>,
+    #[serde(default)]
+    baseline_samples: Vec<f64>,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -72,9 +77,16 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
 
-    let report = render(&rows, args.quick);
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    let plots = plot(&rows, &out_dir)?;
+    let mut report = render(&rows, args.quick);
+    if !plots.is_empty() {
+        report.push_str("\n## Distributions\n\n");
+        for (name, file) in &plots {
+            let _ = writeln!(report, "### {name}\n\n![{name}]({file})\n");
+        }
+    }
     let path = out_dir.join("report.md");
     std::fs::write(&path, report)?;
     println!("bench: {} figures from {} programs; report in {}", rows.len(), programs.len(), path.display());
@@ -121,6 +133,36 @@ fn render(rows: &[Row], quick: bool) -> String {
         }
     }
     md
+}
+
+/// One SVG per figure that carries samples: the CDF of the figure, and of its baseline when the
+/// program recorded the baseline's samples too. Returns (title, file name) pairs.
+fn plot(rows: &[Row], out_dir: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut plots = Vec::new();
+    for (i, row) in rows.iter().enumerate().filter(|(_, r)| r.samples.len() > 1) {
+        let title = format!("{}: {}", row.mechanism, row.name);
+        let mut series = vec![Series { name: &row.name, points: cdf(&row.samples) }];
+        if row.baseline_samples.len() > 1 {
+            series.push(Series {
+                name: row.baseline_name.as_deref().unwrap_or("baseline"),
+                points: cdf(&row.baseline_samples),
+            });
+        }
+        let svg = line_chart(&title, &row.unit, "percentile", &series, &[]);
+        let file = format!("{:02}-{}.svg", i, slug(&format!("{}-{}", row.mechanism, row.name)));
+        std::fs::write(out_dir.join(&file), svg)?;
+        plots.push((title, file));
+    }
+    Ok(plots)
+}
+
+fn slug(s: &str) -> String {
+    let mut out: String =
+        s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    while out.contains("--") {
+        out = out.replace("--", "-");
+    }
+    out.trim_matches('-').chars().take(60).collect()
 }
 
 fn ratio_text(row: &Row) -> String {

@@ -5,6 +5,7 @@ mod bench;
 mod ci;
 mod demo;
 mod fault;
+mod svg;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,163 @@
+//! A minimal SVG line chart: enough for latency distributions (`bench`) and a requests-per-second
+//! timeline with event markers (`demo`). No dependency, no styling beyond legibility.
+
+use std::fmt::Write as _;
+
+/// One named line.
+pub(crate) struct Series<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) points: Vec<(f64, f64)>,
+}
+
+/// A vertical marker at `x`, labelled.
+pub(crate) struct Marker<'a> {
+    pub(crate) x: f64,
+    pub(crate) label: &'a str,
+}
+
+const W: f64 = 860.0;
+const H: f64 = 420.0;
+const LEFT: f64 = 70.0;
+const RIGHT: f64 = 20.0;
+const TOP: f64 = 40.0;
+const BOTTOM: f64 = 60.0;
+const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+
+/// Renders the series as an SVG document.
+pub(crate) fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series<'_>],
+    markers: &[Marker<'_>],
+) -> String {
+    let all = series.iter().flat_map(|s| s.points.iter());
+    let (mut x_max, mut y_max) = (0.0_f64, 0.0_f64);
+    let mut x_min = f64::INFINITY;
+    for &(x, y) in all {
+        x_min = x_min.min(x);
+        x_max = x_max.max(x);
+        y_max = y_max.max(y);
+    }
+    for m in markers {
+        x_max = x_max.max(m.x);
+    }
+    if !x_min.is_finite() || x_min > 0.0 {
+        x_min = 0.0;
+    }
+    let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
+    let y_max = if y_max > 0.0 { y_max * 1.05 } else { 1.0 };
+    let sx = |x: f64| LEFT + (x - x_min) / (x_max - x_min) * (W - LEFT - RIGHT);
+    let sy = |y: f64| H - BOTTOM - y / y_max * (H - TOP - BOTTOM);
+
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    // Axes and ticks.
+    let _ = writeln!(
+        svg,
+        r#"<path d="M{LEFT},{TOP} V{} H{}" stroke="black" fill="none"/>"#,
+        H - BOTTOM,
+        W - RIGHT
+    );
+    for i in 0..=5 {
+        let f = f64::from(i) / 5.0;
+        let (x, y) = (x_min + f * (x_max - x_min), f * y_max);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            sx(x),
+            H - BOTTOM + 16.0,
+            num(x)
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            LEFT - 6.0,
+            sy(y) + 4.0,
+            num(y)
+        );
+        let _ = writeln!(svg, r##"<path d="M{LEFT},{:.1} H{}" stroke="#eee"/>"##, sy(y), W - RIGHT);
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        W / 2.0,
+        H - 18.0,
+        esc(x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        H / 2.0,
+        H / 2.0,
+        esc(y_label)
+    );
+    for (i, m) in markers.iter().enumerate() {
+        let x = sx(m.x);
+        let _ = writeln!(
+            svg,
+            r##"<path d="M{x:.1},{TOP} V{}" stroke="#888" stroke-dasharray="4 3"/>"##,
+            H - BOTTOM
+        );
+        let y = TOP + 12.0 + (i % 4) as f64 * 13.0;
+        let _ = writeln!(svg, r##"<text x="{:.1}" y="{y:.1}" fill="#444">{}</text>"##, x + 3.0, esc(m.label));
+    }
+    for (i, s) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        let mut d = String::new();
+        for (j, &(x, y)) in s.points.iter().enumerate() {
+            let _ = write!(d, "{}{:.1},{:.1} ", if j == 0 { "M" } else { "L" }, sx(x), sy(y));
+        }
+        let _ = writeln!(svg, r#"<path d="{d}" stroke="{colour}" stroke-width="1.6" fill="none"/>"#);
+        let ly = TOP + 6.0 + i as f64 * 16.0;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{}" y="{ly}" width="12" height="3" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
+            W - RIGHT - 200.0,
+            W - RIGHT - 184.0,
+            ly + 5.0,
+            esc(s.name)
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// The empirical CDF of `samples` (x = value, y = percentile 0..100), trimmed at p99.9 so one
+/// outlier does not flatten the plot.
+pub(crate) fn cdf(samples: &[f64]) -> Vec<(f64, f64)> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    let keep = ((n as f64) * 0.999).ceil() as usize;
+    sorted
+        .iter()
+        .take(keep.max(1).min(n))
+        .enumerate()
+        .map(|(i, &v)| (v, (i + 1) as f64 / n as f64 * 100.0))
+        .collect()
+}
+
+fn num(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
