@@ -22,7 +22,7 @@ pub(crate) struct Args {
     pub(crate) quick: bool,
     /// Only the benchmarks whose program name contains this (e.g. `dirlock`).
     #[arg(long)]
-    only: Option<String>,
+    pub(crate) only: Option<String>,
 }
 
 /// One row printed by a benchmark program (see `lifeline_bench::Row`).

@@ -42,6 +42,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"], &[])
     })?;
     step("test", &mut run_tests)?;
+    step("fault", &mut || crate::fault::run(&crate::fault::Args { only: None }))?;
     if !args.quick {
         step("crates alone", &mut || {
             for krate in LIBRARY_CRATES {
@@ -55,6 +56,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         cargo(&["doc", "--workspace", "--no-deps", "--all-features"], &[("RUSTDOCFLAGS", "-D warnings")])
     })?;
     step("deny", &mut run_deny)?;
+    step("bench --quick", &mut || crate::bench::run(&crate::bench::Args { quick: true, only: None }))?;
 
     println!("\nci: all steps passed in {}", secs(total.elapsed()));
     for (name, took) in &timings {

@@ -1,16 +1,55 @@
-//! `cargo xtask fault` (grows with each mechanism).
+//! `cargo xtask fault`: the cross-crate fault-injection suite (`tests/src/bin/lifeline-fault.rs`)
+//! against the real `lifeline` CLI and example server; one PASS/FAIL/SKIP line per scenario.
+//! Part of `cargo xtask ci`.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::bench::target_dir;
+use crate::ci::cargo;
+use crate::project_root;
 
 /// Arguments of `cargo xtask fault`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// Run briefly (CI uses this to keep the command working).
+    /// Only the scenarios whose name contains this.
     #[arg(long)]
-    quick: bool,
+    pub(crate) only: Option<String>,
 }
 
-#[expect(clippy::unnecessary_wraps, reason = "a placeholder until the mechanisms land")]
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    let _ = args.quick;
-    println!("fault: nothing to run yet");
+    cargo(
+        &[
+            "build",
+            "-p",
+            "lifeline",
+            "--features",
+            "cli,full",
+            "--bin",
+            "lifeline",
+            "--example",
+            "https-server",
+            "-p",
+            "lifeline-tests",
+            "--bins",
+        ],
+        &[],
+    )?;
+    let debug = target_dir().join("debug");
+    let mut command = Command::new(debug.join("lifeline-fault"));
+    command
+        .arg("--lifeline")
+        .arg(debug.join("lifeline"))
+        .arg("--server")
+        .arg(debug.join("examples/https-server"))
+        .current_dir(project_root());
+    if let Some(only) = &args.only {
+        command.args(["--only", only]);
+    }
+    let status = command.status().context("run the fault suite")?;
+    if !status.success() {
+        bail!("a fault scenario failed (see FAIL above)");
+    }
     Ok(())
 }
