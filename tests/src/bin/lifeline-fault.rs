@@ -28,6 +28,9 @@ use rustls::ClientConfig;
 struct Skip(String);
 
 type Outcome = anyhow::Result<Result<String, Skip>>;
+type Scenario = fn(&Suite) -> Outcome;
+/// Replaces a file with something broken.
+type Attack = dyn Fn(&Path) -> std::io::Result<()>;
 
 struct Suite {
     lifeline: PathBuf,
@@ -45,7 +48,6 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let suite = Suite { lifeline: lifeline.into(), server: server.into() };
 
-    type Scenario = fn(&Suite) -> Outcome;
     let scenarios: &[(&str, Scenario)] = &[
         ("full disk while writing the lock file", Suite::full_disk_lock_file),
         ("read-only state directory", Suite::read_only_state_dir),
@@ -362,7 +364,7 @@ impl Suite {
         let original = presented(server.addr, &server.tls)?;
         let failures = |s: &Server| s.log().matches("certificate reload failed").count();
         let mut seen = failures(&server);
-        let attacks: [(&str, &dyn Fn(&Path) -> std::io::Result<()>); 3] = [
+        let attacks: [(&str, &Attack); 3] = [
             ("a directory", &|p| std::fs::create_dir(p)),
             ("a dangling symlink", &|p| std::os::unix::fs::symlink("/nonexistent/cert.pem", p)),
             ("10 MB of garbage", &|p| std::fs::write(p, vec![b'A'; 10 << 20])),
