@@ -90,6 +90,11 @@ impl Client {
         let read = wire::read_frame(&mut self.stream, &mut self.buf).await;
         match (read, sent) {
             (Ok(()), _) => wire::decode_response(&self.buf),
+            // A server that closes while our request is still unread makes our read fail with
+            // ECONNRESET rather than EOF: either way it closed without answering.
+            (Err(ReadError::Io(err)), _) if err.kind() == io::ErrorKind::ConnectionReset => {
+                Err(Error::Closed)
+            }
             (Err(_), Err(source)) | (Err(ReadError::Io(source)), Ok(())) => Err(Error::Io { source }),
             (Err(ReadError::Eof | ReadError::Truncated), Ok(())) => Err(Error::Closed),
             (Err(ReadError::TooLarge(len)), Ok(())) => {
