@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{Signal, SignalKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,8 +42,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Whether SIGUSR1 triggers a restart too (the result is only logged). Default: off.
     ///
-    /// Once installed, tokio's handler stays for the life of the process: after the server stops
-    /// SIGUSR1 is ignored instead of terminating the process.
+    /// The signal is caught from [`Server::bind`] / [`Server::adopt`] on (which must then run
+    /// inside a tokio runtime); a SIGUSR1 that arrives before [`Server::serve`] runs is handled
+    /// once it does. Once installed, tokio's handler stays for the life of the process: after
+    /// the server stops SIGUSR1 is ignored instead of terminating the process.
     pub restart_on_sigusr1: bool,
 }
 
@@ -164,27 +167,33 @@ impl ListenerHandle {
 pub struct Server {
     inner: Arc<Listener>,
     config: ServerConfig,
+    /// SIGUSR1, caught from bind/adopt on when [`ServerConfig::restart_on_sigusr1`] is set.
+    sigusr1: Option<Signal>,
 }
 
 impl Server {
     /// Creates the socket file at `path` (mode 0600) and listens on it.
     ///
     /// A stale socket left by a dead process is replaced; a live one is an [`Error::InUse`];
-    /// anything that is not a socket is an [`Error::NotASocket`] and is left alone.
+    /// anything that is not a socket is an [`Error::NotASocket`] and is left alone. With
+    /// [`ServerConfig::restart_on_sigusr1`], call it inside a tokio runtime.
     pub fn bind(path: impl AsRef<Path>, config: ServerConfig) -> Result<Server, Error> {
         let path = path.as_ref();
+        let sigusr1 = catch_sigusr1(&config)?;
         let (socket, id) = sys::bind(path)?;
         socket.set_nonblocking(true).map_err(|source| Error::Bind { path: path.to_owned(), source })?;
         tracing::info!(path = %path.display(), "restart socket listening");
-        Ok(Server::new(socket, path, Some(id), config))
+        Ok(Server::new(socket, path, Some(id), config, sigusr1))
     }
 
     /// Serves on an inherited listening socket (exported by a predecessor with
     /// [`ListenerHandle::export`]) whose file is at `path`. The socket file is left as it is and
-    /// becomes this process's to remove on clean shutdown.
+    /// becomes this process's to remove on clean shutdown. With
+    /// [`ServerConfig::restart_on_sigusr1`], call it inside a tokio runtime.
     pub fn adopt(fd: OwnedFd, path: impl AsRef<Path>, config: ServerConfig) -> Result<Server, Error> {
         let path = path.as_ref();
         let raw = fd.as_raw_fd();
+        let sigusr1 = catch_sigusr1(&config)?;
         sys::check_listener(&fd).map_err(|reason| Error::NotAListener { fd: raw, reason })?;
         let socket = StdListener::from(fd);
         socket
@@ -195,10 +204,16 @@ impl Server {
             tracing::warn!(path = %path.display(), "adopted listener has no socket file at its path");
         }
         tracing::info!(path = %path.display(), fd = raw, "restart socket adopted");
-        Ok(Server::new(socket, path, id, config))
+        Ok(Server::new(socket, path, id, config, sigusr1))
     }
 
-    fn new(socket: StdListener, path: &Path, file: Option<FileId>, config: ServerConfig) -> Server {
+    fn new(
+        socket: StdListener,
+        path: &Path,
+        file: Option<FileId>,
+        config: ServerConfig,
+        sigusr1: Option<Signal>,
+    ) -> Server {
         let listener = Listener {
             socket,
             path: path.to_owned(),
@@ -206,7 +221,7 @@ impl Server {
             handed_on: AtomicBool::new(false),
             removed: AtomicBool::new(false),
         };
-        Server { inner: Arc::new(listener), config }
+        Server { inner: Arc::new(listener), config, sigusr1 }
     }
 
     /// The socket path.
@@ -241,9 +256,7 @@ impl Server {
             tracker: tracker.clone(),
         });
 
-        if self.config.restart_on_sigusr1 {
-            let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
-                .map_err(|source| Error::Signal { source })?;
+        if let Some(mut signal) = self.sigusr1 {
             let shared = Arc::clone(&shared);
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
@@ -290,6 +303,21 @@ impl Server {
         tracing::info!(path = %self.inner.path.display(), "restart socket stopped");
         Ok(())
     }
+}
+
+/// Starts catching SIGUSR1 if the config asks for it; needs a tokio runtime.
+fn catch_sigusr1(config: &ServerConfig) -> Result<Option<Signal>, Error> {
+    if !config.restart_on_sigusr1 {
+        return Ok(None);
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        let source =
+            std::io::Error::other("restart_on_sigusr1 needs a tokio runtime when binding or adopting");
+        return Err(Error::Signal { source });
+    }
+    tokio::signal::unix::signal(SignalKind::user_defined1())
+        .map(Some)
+        .map_err(|source| Error::Signal { source })
 }
 
 /// What every connection task needs.

@@ -495,3 +495,12 @@ async fn a_server_that_closes_without_answering_is_reported() {
     assert!(matches!(err, Error::Closed), "{err:?}");
     mute.await.unwrap();
 }
+
+#[test]
+fn catching_sigusr1_outside_a_runtime_is_an_error_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let err = Server::bind(&path, ServerConfig::default().with_restart_on_sigusr1(true)).unwrap_err();
+    assert!(matches!(&err, Error::Signal { .. }), "{err:?}");
+    assert!(!path.exists());
+}
