@@ -3,7 +3,7 @@
 //!
 //! The service binds a [`Server`] at a path, gives it a [`RestartHandler`] (usually a
 //! zero-downtime handover to a new process) and a [`StatusProvider`], and serves until a
-//! [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled. Operators and tests
+//! [`CancellationToken`] is cancelled. Operators and tests
 //! use a [`Client`]. The protocol is in [`wire`]: `u32` little-endian length + postcard payload,
 //! a protocol version in every frame, at most 64 KiB per frame.
 //!
@@ -11,8 +11,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use restart_socket::{Client, Server, ServerConfig, Status};
-//! use tokio_util::sync::CancellationToken;
+//! use restart_socket::{CancellationToken, Client, Server, ServerConfig, Status};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), restart_socket::Error> {
@@ -88,3 +87,6 @@ pub use error::Error;
 pub use handler::{RestartHandler, StatusProvider};
 pub use server::{ListenerHandle, RESTART_IN_PROGRESS, Server, ServerConfig};
 pub use wire::{ErrorKind, Request, Response, Status, unix_millis};
+
+/// Re-exported so that a server can be stopped without a direct `tokio-util` dependency.
+pub use tokio_util::sync::CancellationToken;
