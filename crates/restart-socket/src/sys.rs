@@ -86,6 +86,9 @@ const PLACE_ATTEMPTS: usize = 5;
 /// anything that is not a socket is never touched.
 pub(crate) fn bind(path: &Path) -> Result<(UnixListener, FileId), Error> {
     let bind_err = |source| Error::Bind { path: path.to_owned(), source };
+    // The temporary name is short enough to bind; the final path must be too, or no client
+    // could ever connect to it.
+    UnixAddr::new(path).map_err(|errno| bind_err(errno.into()))?;
     let temp = temp_path(path);
     let listener = UnixListener::bind(&temp).map_err(bind_err)?;
     let mut guard = TempFile(Some(temp.clone()));
