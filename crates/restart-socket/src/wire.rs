@@ -30,6 +30,7 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 
 /// What a client asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Restart the service (typically a zero-downtime handover); answered with
     /// [`Response::RestartComplete`] or [`Response::RestartFailed`].
@@ -96,6 +97,7 @@ impl fmt::Display for ErrorKind {
 
 /// What the server answers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Response {
     /// The restart succeeded; `pid` is the new process (the service's new main pid).
     RestartComplete {
