@@ -51,7 +51,7 @@ impl Drop for UnlinkOnDrop {
         match nix::unistd::unlink(&self.path) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(err) => {
-                tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release")
+                tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release");
             }
         }
     }
