@@ -25,7 +25,11 @@ pub enum Error {
     },
 
     /// The lock stayed held elsewhere for the whole `lock_timeout`.
-    #[error("timed out after {waited:.1?} waiting for the lock on {}, held by {}", dir_of(path).display(), Holder(*holder_pid))]
+    #[error(
+        "timed out after {waited:.1?} waiting for the lock on {}, held by {}",
+        dir_of(path).display(),
+        Holder(*holder_pid)
+    )]
     TimedOut {
         /// The lock file.
         path: PathBuf,

@@ -85,13 +85,18 @@ impl DirLock {
             match lockfile::attempt(dir, &path, options.lock_primitive(), pid)? {
                 Attempt::Locked(fd) => {
                     if backoff.is_some() {
-                        tracing::debug!(path = %path.display(), waited = ?started.elapsed(), "acquired lock after waiting");
+                        let waited = started.elapsed();
+                        tracing::debug!(path = %path.display(), ?waited, "acquired lock after waiting");
                     }
                     return Ok(DirLock::from_parts(fd, dir.to_path_buf(), path, pid));
                 }
                 Attempt::Replaced => {
                     replaced_in_a_row += 1;
-                    tracing::debug!(path = %path.display(), attempt = replaced_in_a_row, "lock file replaced while locking; retrying");
+                    tracing::debug!(
+                        path = %path.display(),
+                        attempt = replaced_in_a_row,
+                        "lock file replaced while locking; retrying"
+                    );
                     if replaced_in_a_row >= MAX_REPLACED {
                         return Err(Error::Replaced { path, attempts: replaced_in_a_row });
                     }

@@ -85,5 +85,6 @@ impl LockPrimitive for OfdLock {
 
 /// Whether an error from a lock primitive means "this file system cannot lock".
 pub(crate) fn is_unsupported(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(code) if code == libc::ENOLCK || code == libc::ENOTSUP || code == libc::EOPNOTSUPP)
+    let code = err.raw_os_error();
+    code == Some(libc::ENOLCK) || code == Some(libc::ENOTSUP) || code == Some(libc::EOPNOTSUPP)
 }

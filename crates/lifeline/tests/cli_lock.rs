@@ -193,7 +193,10 @@ fn the_command_inherits_no_lock_descriptor() {
 fn sigterm_and_sigint_are_forwarded_to_the_command() {
     let dir = tempfile::tempdir().unwrap();
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
-        let script = r#"trap 'echo "got $1"; exit 7' TERM INT HUP; echo ready; while :; do sleep 5 >/dev/null & wait $!; done"#;
+        let script = concat!(
+            r#"trap 'echo "got $1"; exit 7' TERM INT HUP; echo ready; "#,
+            "while :; do sleep 5 >/dev/null & wait $!; done"
+        );
         let mut child = lifeline()
             .arg("lock")
             .arg(dir.path())
