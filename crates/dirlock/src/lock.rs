@@ -9,7 +9,7 @@ use nix::fcntl::{FcntlArg, FdFlag};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::lockfile::{self, Attempt};
+use crate::lockfile::{self, Attempt, Kept};
 use crate::options::LockOptions;
 
 /// How many times in a row the locked file may turn out to have been replaced before giving up
@@ -81,8 +81,15 @@ impl DirLock {
         let started = Instant::now();
         let mut backoff: Option<Backoff> = None;
         let mut replaced_in_a_row = 0;
+        let mut kept: Option<Kept> = None;
+        let mut holder_pid = None;
         loop {
-            match lockfile::attempt(dir, &path, options.lock_primitive(), pid)? {
+            let primitive = options.lock_primitive();
+            let outcome = match kept.take() {
+                Some(file) => lockfile::retry(file, &path, primitive, pid)?,
+                None => lockfile::attempt(dir, &path, primitive, pid, deadline.is_some())?,
+            };
+            match outcome {
                 Attempt::Locked(fd) => {
                     if backoff.is_some() {
                         let waited = started.elapsed();
@@ -92,7 +99,7 @@ impl DirLock {
                 }
                 Attempt::Replaced => {
                     replaced_in_a_row += 1;
-                    tracing::debug!(
+                    tracing::trace!(
                         path = %path.display(),
                         attempt = replaced_in_a_row,
                         "lock file replaced while locking; retrying"
@@ -101,27 +108,29 @@ impl DirLock {
                         return Err(Error::Replaced { path, attempts: replaced_in_a_row });
                     }
                 }
-                Attempt::Held { holder_pid } => {
+                Attempt::Held { holder_pid: pid_read, kept: file } => {
                     replaced_in_a_row = 0;
+                    if pid_read.is_some() {
+                        holder_pid = pid_read;
+                    }
                     let now = Instant::now();
                     let Some(remaining) =
                         deadline.and_then(|d| d.checked_duration_since(now)).filter(|r| !r.is_zero())
                     else {
-                        return Err(match deadline {
-                            None => Error::HeldElsewhere { path, holder_pid },
-                            Some(_) => Error::TimedOut { path, holder_pid, waited: started.elapsed() },
+                        return Err(if deadline.is_none() {
+                            Error::HeldElsewhere { path, holder_pid }
+                        } else {
+                            // The holder may have changed while we waited: read it once more.
+                            let holder_pid = file.as_ref().and_then(Kept::holder_pid).or(holder_pid);
+                            Error::TimedOut { path, holder_pid, waited: started.elapsed() }
                         });
                     };
                     let backoff = backoff.get_or_insert_with(|| {
                         // Try first, and only when contended say so (cargo's flock.rs).
-                        tracing::info!(
-                            path = %path.display(),
-                            holder_pid,
-                            "waiting for lock on {}",
-                            dir.display()
-                        );
+                        tracing::info!(path = %path.display(), holder_pid, "waiting for lock on {}", dir.display());
                         Backoff::new()
                     });
+                    kept = file;
                     std::thread::sleep(backoff.next_delay().min(remaining));
                 }
             }

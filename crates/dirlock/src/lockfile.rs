@@ -20,10 +20,27 @@ const LOCK_FILE_MODE: u32 = 0o600;
 pub(crate) enum Attempt {
     /// Locked, verified to be the file at the path, pid written.
     Locked(OwnedFd),
-    /// Another open file description holds the lock.
-    Held { holder_pid: Option<u32> },
-    /// The file vanished or was replaced between opening and verifying: try again.
+    /// Another open file description holds the lock. `holder_pid` is read only by a first
+    /// attempt; `kept` is the open lock file, kept (when asked for) so that a waiter's next try
+    /// costs two system calls instead of a full re-open.
+    Held { holder_pid: Option<u32>, kept: Option<Kept> },
+    /// The file vanished or was replaced between opening and verifying: try again at once.
     Replaced,
+}
+
+/// A lock file a waiter keeps open between tries.
+#[derive(Debug)]
+pub(crate) struct Kept {
+    fd: OwnedFd,
+    stat: FileStat,
+    created: bool,
+}
+
+impl Kept {
+    /// The pid the holder wrote into the kept file.
+    pub(crate) fn holder_pid(&self) -> Option<u32> {
+        read_holder_pid(self.fd.as_fd())
+    }
 }
 
 /// `dir/name`, after checking `name` is one plain file name (so the lock file really is *in* `dir`).
@@ -36,16 +53,51 @@ pub(crate) fn lock_path(dir: &Path, name: &OsStr) -> Result<PathBuf> {
 }
 
 /// One pass of the protocol: open (creating 0600 if missing), try the lock, check that the locked
-/// file is still the one at the path, write our pid.
-pub(crate) fn attempt(dir: &Path, path: &Path, primitive: &dyn LockPrimitive, pid: u32) -> Result<Attempt> {
+/// file is still the one at the path, write our pid. With `keep`, a refused attempt keeps the
+/// file open for [`retry`].
+pub(crate) fn attempt(
+    dir: &Path,
+    path: &Path,
+    primitive: &dyn LockPrimitive,
+    pid: u32,
+    keep: bool,
+) -> Result<Attempt> {
     let Some((fd, created)) = open_lock_file(dir, path)? else {
         return Ok(Attempt::Replaced);
     };
     match primitive.try_lock_exclusive(fd.as_fd()) {
-        Ok(true) => {}
-        Ok(false) => return Ok(Attempt::Held { holder_pid: read_holder_pid(fd.as_fd()) }),
-        Err(err) => return Err(lock_error(path, err)),
+        Ok(true) => locked(fd, created, path, pid),
+        Ok(false) => {
+            let holder_pid = read_holder_pid(fd.as_fd());
+            let kept = if keep {
+                let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::io("stat", path, e))?;
+                Some(Kept { fd, stat, created })
+            } else {
+                None
+            };
+            Ok(Attempt::Held { holder_pid, kept })
+        }
+        Err(err) => Err(lock_error(path, err)),
     }
+}
+
+/// A waiter's next try on the file it kept open: the lock, and if it is still refused, whether
+/// the file is still the one at the path (if not, the holder released it: [`Attempt::Replaced`]
+/// sends the caller straight back to [`attempt`], no sleep).
+pub(crate) fn retry(kept: Kept, path: &Path, primitive: &dyn LockPrimitive, pid: u32) -> Result<Attempt> {
+    match primitive.try_lock_exclusive(kept.fd.as_fd()) {
+        Ok(true) => locked(kept.fd, kept.created, path, pid),
+        Ok(false) if still_at_path(path, &kept.stat)? => {
+            Ok(Attempt::Held { holder_pid: None, kept: Some(kept) })
+        }
+        Ok(false) => Ok(Attempt::Replaced),
+        Err(err) => Err(lock_error(path, err)),
+    }
+}
+
+/// The steps after the lock was granted on `fd`: verify it is the file at the path, fix its mode,
+/// write our pid.
+fn locked(fd: OwnedFd, created: bool, path: &Path, pid: u32) -> Result<Attempt> {
     let stat = nix::sys::stat::fstat(&fd).map_err(|e| Error::io("stat", path, e))?;
     if !is_regular(&stat) {
         return Err(Error::NotRegularFile { path: path.to_path_buf() });
@@ -56,7 +108,7 @@ pub(crate) fn attempt(dir: &Path, path: &Path, primitive: &dyn LockPrimitive, pi
         return Ok(Attempt::Replaced);
     }
     if created && stat.st_mode & 0o7777 != LOCK_FILE_MODE {
-        // The umask took bits away (or added nothing we want): fix it on the fd, no path race.
+        // The umask took bits away: fix it on the fd, no path race.
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(LOCK_FILE_MODE))
             .map_err(|e| Error::io("set permissions of", path, e))?;
     }
