@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -124,6 +124,26 @@ fn a_dirlock_acquirer_is_refused_while_flock_1_holds() {
     drop(flock.stdin.take());
     assert_eq!(flock.child.wait().unwrap().code(), Some(0));
     DirLock::acquire(dir.path()).unwrap().release().unwrap();
+}
+
+#[test]
+fn a_waiter_takes_over_the_same_file_when_flock_1_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("flock");
+    command.arg(lock_file(dir.path())).args(["-c", "echo ready; read x || :"]);
+    let mut flock = Fixture::spawn(command);
+    assert_eq!(flock.line(), "ready");
+    let inode = std::fs::metadata(lock_file(dir.path())).unwrap().ino();
+    let mut waiter = Fixture::hold(&["--wait-ms", "20000"], &[dir.path()]);
+    assert_eq!(waiter.line(), "waiting -");
+    // flock(1) releases without unlinking: the waiter's retry on the file it kept open succeeds,
+    // and the file is still the one at the path.
+    drop(flock.stdin.take());
+    assert_eq!(flock.child.wait().unwrap().code(), Some(0));
+    assert_eq!(waiter.line(), format!("locked {}", waiter.pid()));
+    assert_eq!(std::fs::metadata(lock_file(dir.path())).unwrap().ino(), inode);
+    assert_eq!(std::fs::read_to_string(lock_file(dir.path())).unwrap(), format!("{}\n", waiter.pid()));
+    assert_eq!(waiter.finish(), ("released".to_owned(), Some(0)));
 }
 
 #[test]

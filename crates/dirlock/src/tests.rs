@@ -523,3 +523,45 @@ fn options_have_meaningful_defaults() {
     let options = options.lock_timeout(Duration::from_secs(1)).no_wait();
     assert_eq!(options.wait(), None);
 }
+
+/// `flock`, reporting the first refusal (the waiter has started waiting) on a channel.
+#[derive(Debug)]
+struct ReportsRefusal(std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>);
+
+impl LockPrimitive for ReportsRefusal {
+    fn try_lock_exclusive(&self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        let taken = Flock.try_lock_exclusive(fd)?;
+        if !taken && let Some(tx) = self.0.lock().unwrap().take() {
+            tx.send(()).unwrap();
+        }
+        Ok(taken)
+    }
+}
+
+#[test]
+fn a_waiter_follows_the_lock_file_when_it_is_replaced_and_names_the_new_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = lock_file(dir.path());
+    let first = DirLock::acquire(dir.path()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let options = LockOptions::new()
+        .primitive(ReportsRefusal(std::sync::Mutex::new(Some(tx))))
+        .lock_timeout(Duration::from_secs(1));
+    let waiter = {
+        let dir = dir.path().to_path_buf();
+        std::thread::spawn(move || DirLock::acquire_with(&dir, &options))
+    };
+    rx.recv().unwrap();
+    // The waiter keeps the first file open. Replace it under both of them with a file held by
+    // a "process" with another pid.
+    fs::remove_file(&path).unwrap();
+    fs::write(&path, "424242\n").unwrap();
+    let second = fs::File::open(&path).unwrap();
+    assert!(Flock.try_lock_exclusive(second.as_fd()).unwrap());
+    match waiter.join().unwrap() {
+        Err(Error::TimedOut { holder_pid, .. }) => assert_eq!(holder_pid, Some(424_242)),
+        other => panic!("expected a time-out naming the new holder, got {other:?}"),
+    }
+    // Its file is gone already: do not let it unlink the second one.
+    drop(first.export());
+}
