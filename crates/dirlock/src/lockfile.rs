@@ -107,12 +107,20 @@ fn locked(fd: OwnedFd, created: bool, path: &Path, pid: u32) -> Result<Attempt> 
         // a file nobody else will ever look at. Closing drops it.
         return Ok(Attempt::Replaced);
     }
-    if created && stat.st_mode & 0o7777 != LOCK_FILE_MODE {
-        // The umask took bits away: fix it on the fd, no path race.
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(LOCK_FILE_MODE))
-            .map_err(|e| Error::io("set permissions of", path, e))?;
+    let finish = || -> Result<()> {
+        if created && stat.st_mode & 0o7777 != LOCK_FILE_MODE {
+            // The umask took bits away: fix it on the fd, no path race.
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(LOCK_FILE_MODE))
+                .map_err(|e| Error::io("set permissions of", path, e))?;
+        }
+        write_pid(fd.as_fd(), path, pid, stat.st_size > 0)
+    };
+    if let Err(err) = finish() {
+        // A full disk (ENOSPC on the pid) or similar: give the lock up the way a release does —
+        // unlink while still holding it, then close — so that nothing is left behind.
+        let _ = nix::unistd::unlink(path);
+        return Err(err);
     }
-    write_pid(fd.as_fd(), path, pid, stat.st_size > 0)?;
     Ok(Attempt::Locked(fd))
 }
 

@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line, no backtrace: operators' scripts read this.
-            eprintln!("lifeline: {err:#}");
+            eprintln!("lifeline: {}", error_line(&err));
             ExitCode::FAILURE
         }
     }
@@ -59,6 +59,23 @@ fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+/// An error and its causes on one line. A cause whose text is already in the line is skipped:
+/// the libraries' messages include the OS error they also return as their source.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Parses a humantime duration (`500ms`, `5s`, `1m`) for clap.
