@@ -1,0 +1,217 @@
+//! [`DirLock`]: one held directory lock; acquiring, waiting, releasing, exporting and adopting.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, FdFlag};
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::lockfile::{self, Attempt};
+use crate::options::LockOptions;
+
+/// How many times in a row the locked file may turn out to have been replaced before giving up
+/// with [`Error::Replaced`]. Each replacement needs a holder to release in the microseconds
+/// between our `open` and our lock, so even a storm of competitors rarely causes two in a row.
+const MAX_REPLACED: u32 = 64;
+
+/// An exclusive lock on a directory, held until it is dropped or [released](DirLock::release).
+///
+/// It owns the lock file's descriptor; the kernel lock belongs to that descriptor's open file
+/// description. Dropping it unlinks the lock file while the lock is still held, then closes the
+/// descriptor (which releases the lock). If the process dies instead, the kernel releases the
+/// lock and the file stays behind, empty of meaning: the next acquirer locks it at once.
+#[derive(Debug)]
+pub struct DirLock {
+    // Field order is drop order: `unlink` removes the path while `fd` still holds the lock; only
+    // then does `fd` close. This is what makes "locked file == file at the path" hold for
+    // everybody who verifies it.
+    unlink: UnlinkOnDrop,
+    fd: OwnedFd,
+    dir: PathBuf,
+}
+
+/// Unlinks the lock file on drop, unless disarmed (release done explicitly, or exported), and
+/// only in the process that armed it: a `fork`ed child dropping its copy must not unlink the
+/// parent's lock file.
+#[derive(Debug)]
+struct UnlinkOnDrop {
+    path: PathBuf,
+    owner_pid: u32,
+    armed: bool,
+}
+
+impl Drop for UnlinkOnDrop {
+    fn drop(&mut self) {
+        if !self.armed || std::process::id() != self.owner_pid {
+            return;
+        }
+        match nix::unistd::unlink(&self.path) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release");
+            }
+        }
+    }
+}
+
+impl DirLock {
+    /// Locks `dir` with the default [`LockOptions`]: `dir/.lifeline.lock`, fail at once if held.
+    pub fn acquire(dir: impl AsRef<Path>) -> Result<DirLock> {
+        Self::acquire_with(dir, &LockOptions::default())
+    }
+
+    /// Locks `dir` as `options` say (lock file name, wait, primitive).
+    pub fn acquire_with(dir: impl AsRef<Path>, options: &LockOptions) -> Result<DirLock> {
+        let deadline = options.wait().map(|wait| Instant::now() + wait);
+        Self::acquire_until(dir.as_ref(), options, deadline)
+    }
+
+    /// The acquisition loop, with an absolute deadline so a [`LockSet`](crate::LockSet) can share
+    /// one wait across its directories. `None` = one try.
+    pub(crate) fn acquire_until(
+        dir: &Path,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+    ) -> Result<DirLock> {
+        let path = lockfile::lock_path(dir, options.name())?;
+        let pid = std::process::id();
+        let started = Instant::now();
+        let mut backoff: Option<Backoff> = None;
+        let mut replaced_in_a_row = 0;
+        loop {
+            match lockfile::attempt(dir, &path, options.lock_primitive(), pid)? {
+                Attempt::Locked(fd) => {
+                    if backoff.is_some() {
+                        tracing::debug!(path = %path.display(), waited = ?started.elapsed(), "acquired lock after waiting");
+                    }
+                    return Ok(DirLock::from_parts(fd, dir.to_path_buf(), path, pid));
+                }
+                Attempt::Replaced => {
+                    replaced_in_a_row += 1;
+                    tracing::debug!(path = %path.display(), attempt = replaced_in_a_row, "lock file replaced while locking; retrying");
+                    if replaced_in_a_row >= MAX_REPLACED {
+                        return Err(Error::Replaced { path, attempts: replaced_in_a_row });
+                    }
+                }
+                Attempt::Held { holder_pid } => {
+                    replaced_in_a_row = 0;
+                    let now = Instant::now();
+                    let Some(remaining) =
+                        deadline.and_then(|d| d.checked_duration_since(now)).filter(|r| !r.is_zero())
+                    else {
+                        return Err(match deadline {
+                            None => Error::HeldElsewhere { path, holder_pid },
+                            Some(_) => Error::TimedOut { path, holder_pid, waited: started.elapsed() },
+                        });
+                    };
+                    let backoff = backoff.get_or_insert_with(|| {
+                        // Try first, and only when contended say so (cargo's flock.rs).
+                        tracing::info!(
+                            path = %path.display(),
+                            holder_pid,
+                            "waiting for lock on {}",
+                            dir.display()
+                        );
+                        Backoff::new()
+                    });
+                    std::thread::sleep(backoff.next_delay().min(remaining));
+                }
+            }
+        }
+    }
+
+    fn from_parts(fd: OwnedFd, dir: PathBuf, path: PathBuf, pid: u32) -> DirLock {
+        DirLock { unlink: UnlinkOnDrop { path, owner_pid: pid, armed: true }, fd, dir }
+    }
+
+    /// The locked directory, as it was given.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The lock file (`dir` joined with the lock file name).
+    pub fn path(&self) -> &Path {
+        &self.unlink.path
+    }
+
+    /// Releases the lock now and reports what went wrong, which dropping cannot: unlinks the lock
+    /// file while still holding the lock, then closes the descriptor.
+    ///
+    /// The lock is released even when this returns an error (closing always releases it); the
+    /// error says the file may have been left behind, which is harmless to the next acquirer.
+    pub fn release(self) -> Result<()> {
+        let DirLock { mut unlink, fd, dir: _ } = self;
+        unlink.armed = false;
+        let unlinked = match nix::unistd::unlink(&unlink.path) {
+            // Someone removed it behind our back; nothing left to do.
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::io("unlink", &unlink.path, e)),
+        };
+        let closed = nix::unistd::close(fd).map_err(|e| Error::io("close", &unlink.path, e));
+        unlinked.and(closed)
+    }
+
+    /// Gives up ownership of the lock *without* releasing it or unlinking the lock file, and
+    /// returns its descriptor, for handing to a successor process that will
+    /// [`adopt`](DirLock::adopt) it.
+    ///
+    /// The lock stays held for as long as any duplicate of the descriptor stays open (here, in a
+    /// child that inherited it, ...). The descriptor is still close-on-exec: whoever passes it on
+    /// clears `FD_CLOEXEC` in the child only (between `fork` and `exec`).
+    pub fn export(self) -> OwnedFd {
+        let DirLock { mut unlink, fd, dir: _ } = self;
+        unlink.armed = false;
+        fd
+    }
+
+    /// Takes over a lock exported by a predecessor ([`DirLock::export`]) and passed to this
+    /// process as `fd`.
+    ///
+    /// Checks, in this order, that `fd` is a regular file; that it holds the lock (a non-blocking
+    /// lock request on `fd` itself succeeds, since the lock belongs to the very open file
+    /// description `fd` refers to, while a lock held through any other description refuses it:
+    /// [`Error::HeldElsewhere`]); and that it is still the file at `dir/<name>` (device and inode,
+    /// else [`Error::NotTheLockFile`]). Then it sets close-on-exec again, writes this process's
+    /// pid into the file, and returns a `DirLock` that unlinks on drop as usual. `options`
+    /// supplies the lock file name and the primitive (it must be the one the lock was taken with);
+    /// its wait is ignored.
+    ///
+    /// If the lock had been lost meanwhile and nobody else took it, this takes it anew, which is
+    /// just as good: the file is verified to be the one at the path *after* locking.
+    pub fn adopt(fd: OwnedFd, dir: impl AsRef<Path>, options: &LockOptions) -> Result<DirLock> {
+        let dir = dir.as_ref();
+        let path = lockfile::lock_path(dir, options.name())?;
+        let stat =
+            nix::sys::stat::fstat(&fd).map_err(|e| Error::io("stat inherited descriptor for", &path, e))?;
+        if !lockfile::is_regular(&stat) {
+            return Err(Error::NotTheLockFile { path });
+        }
+        match options.lock_primitive().try_lock_exclusive(fd.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => {
+                let holder_pid = lockfile::read_holder_pid(fd.as_fd());
+                return Err(Error::HeldElsewhere { path, holder_pid });
+            }
+            Err(err) => return Err(lockfile::lock_error(&path, err)),
+        }
+        if !lockfile::still_at_path(&path, &stat)? {
+            return Err(Error::NotTheLockFile { path });
+        }
+        nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .map_err(|e| Error::io("set close-on-exec on", &path, e))?;
+        let pid = std::process::id();
+        lockfile::write_pid(fd.as_fd(), &path, pid, true)?;
+        Ok(DirLock::from_parts(fd, dir.to_path_buf(), path, pid))
+    }
+}
+
+impl AsFd for DirLock {
+    /// The lock file's descriptor, e.g. to pass to a successor process while this process keeps
+    /// ownership until the hand-over is confirmed (then [`DirLock::export`] it).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,86 @@
+//! [`LockOptions`]: the lock file name, how long to wait, and the locking primitive.
+
+use std::ffi::{OsStr, OsString};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::primitive::{Flock, LockPrimitive};
+
+/// The lock file name used unless [`LockOptions::file_name`] says otherwise.
+pub const DEFAULT_FILE_NAME: &str = ".lifeline.lock";
+
+/// How to take a directory lock. `LockOptions::default()` is the common case: `.lifeline.lock`,
+/// fail at once when the lock is held, `flock(2)`.
+///
+/// ```
+/// use std::time::Duration;
+/// use dirlock::LockOptions;
+///
+/// let options = LockOptions::new().file_name("state.lock").lock_timeout(Duration::from_secs(5));
+/// assert_eq!(options.wait(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    file_name: OsString,
+    wait: Option<Duration>,
+    primitive: Arc<dyn LockPrimitive>,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions { file_name: DEFAULT_FILE_NAME.into(), wait: None, primitive: Arc::new(Flock) }
+    }
+}
+
+impl LockOptions {
+    /// The defaults: [`DEFAULT_FILE_NAME`], no waiting, [`Flock`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The lock file's name inside each directory (default [`DEFAULT_FILE_NAME`]). It must be a
+    /// single plain file name (no `/`, not `.` or `..`); anything else fails when locking with
+    /// [`Error::InvalidFileName`](crate::Error::InvalidFileName).
+    pub fn file_name(mut self, name: impl Into<OsString>) -> Self {
+        self.file_name = name.into();
+        self
+    }
+
+    /// Wait up to `timeout` for a lock held elsewhere instead of failing at once.
+    ///
+    /// The first attempt is immediate; while the lock stays held, attempts are retried with a
+    /// jittered backoff from about 1 ms doubling to a 10 ms cap (a waiter costs a few
+    /// microseconds of CPU per attempt and never spins), and `waiting for lock on …` is logged
+    /// once at `info` level. [`Duration::ZERO`] tries exactly once, like the default.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.wait = Some(timeout);
+        self
+    }
+
+    /// Fail at once when the lock is held elsewhere (the default).
+    pub fn no_wait(mut self) -> Self {
+        self.wait = None;
+        self
+    }
+
+    /// The locking primitive (default [`Flock`]; [`OfdLock`](crate::OfdLock) on Linux).
+    pub fn primitive(mut self, primitive: impl LockPrimitive + 'static) -> Self {
+        self.primitive = Arc::new(primitive);
+        self
+    }
+
+    /// The configured lock file name.
+    pub fn name(&self) -> &OsStr {
+        &self.file_name
+    }
+
+    /// The configured wait, if any.
+    pub fn wait(&self) -> Option<Duration> {
+        self.wait
+    }
+
+    /// The configured locking primitive.
+    pub fn lock_primitive(&self) -> &dyn LockPrimitive {
+        &*self.primitive
+    }
+}
