@@ -1,6 +1,7 @@
 //! Shared helpers for lifeline's cross-crate integration tests: locating the binaries under test,
 //! waiting on real conditions with generous timeouts, and generating test certificates.
 
+pub mod certs;
 pub mod load;
 
 use std::path::PathBuf;

@@ -1,0 +1,99 @@
+//! How a watcher watches: [`WatchConfig`] and [`WatchMode`].
+
+use std::time::Duration;
+
+/// How changes on disk are noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WatchMode {
+    /// Watch the directories with the OS's file notification (inotify); poll instead while a
+    /// directory cannot be watched (inotify limits, a missing directory, some network file
+    /// systems) and go back to watching when it can.
+    #[default]
+    Auto,
+    /// Never use file notifications: compare the files' metadata (device, inode, size, mtime,
+    /// ctime — after following symlinks) every [`WatchConfig::poll_interval`].
+    Poll,
+}
+
+/// Timing and reporting knobs of a watcher. `WatchConfig::default()` suits a server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WatchConfig {
+    /// Quiet time after the last change before reloading (default 150 ms): renewal tools write
+    /// a cert and a key, or a whole Kubernetes secret, as several steps; waiting lets them
+    /// finish. A stream of changes that never pauses still reloads at least every 4× this.
+    pub debounce: Duration,
+    /// Period of the slow re-check that reloads even without a change (default 60 s), so a
+    /// fixed pair whose event was missed is still picked up, and expiry is re-evaluated.
+    pub recheck_interval: Duration,
+    /// Period of the metadata comparison while polling (default 1 s).
+    pub poll_interval: Duration,
+    /// Notification or polling (default [`WatchMode::Auto`]).
+    pub mode: WatchMode,
+    /// Warn (log and [`ReloadEvent::ExpiresSoon`](crate::ReloadEvent::ExpiresSoon)) once per
+    /// certificate when its `not_after` is less than this far away (default 14 days).
+    pub expiry_warning: Duration,
+    /// How many events a slow subscriber may fall behind before it misses some (default 64).
+    pub event_capacity: usize,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            debounce: Duration::from_millis(150),
+            recheck_interval: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            mode: WatchMode::Auto,
+            expiry_warning: Duration::from_secs(14 * 24 * 3600),
+            event_capacity: 64,
+        }
+    }
+}
+
+impl WatchConfig {
+    /// Sets [`debounce`](WatchConfig::debounce).
+    pub fn debounce(mut self, d: Duration) -> Self {
+        self.debounce = d;
+        self
+    }
+
+    /// Sets [`recheck_interval`](WatchConfig::recheck_interval).
+    pub fn recheck_interval(mut self, d: Duration) -> Self {
+        self.recheck_interval = d;
+        self
+    }
+
+    /// Sets [`poll_interval`](WatchConfig::poll_interval).
+    pub fn poll_interval(mut self, d: Duration) -> Self {
+        self.poll_interval = d;
+        self
+    }
+
+    /// Sets [`mode`](WatchConfig::mode).
+    pub fn mode(mut self, mode: WatchMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Sets [`expiry_warning`](WatchConfig::expiry_warning).
+    pub fn expiry_warning(mut self, d: Duration) -> Self {
+        self.expiry_warning = d;
+        self
+    }
+
+    /// Sets [`event_capacity`](WatchConfig::event_capacity).
+    pub fn event_capacity(mut self, n: usize) -> Self {
+        self.event_capacity = n;
+        self
+    }
+
+    /// Intervals of zero would make the loop spin; they are raised to 1 ms.
+    pub(crate) fn sanitized(mut self) -> Self {
+        let floor = Duration::from_millis(1);
+        self.recheck_interval = self.recheck_interval.max(floor);
+        self.poll_interval = self.poll_interval.max(floor);
+        self.event_capacity = self.event_capacity.max(1);
+        self
+    }
+}

@@ -1,0 +1,122 @@
+//! `lifeline cert check` as operators run it: real files, the real binary, exit codes and
+//! output checked.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{CertificateParams, DnType, KeyPair, SerialNumber};
+
+struct Pair {
+    cert: String,
+    key: String,
+}
+
+fn pair(serial: u16, not_before: SystemTime, not_after: SystemTime) -> Pair {
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "cli.test");
+    params.serial_number = Some(SerialNumber::from_slice(&serial.to_be_bytes()));
+    params.not_before = not_before.into();
+    params.not_after = not_after.into();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Pair { cert: cert.pem(), key: key.serialize_pem() }
+}
+
+fn fresh(serial: u16) -> Pair {
+    let now = SystemTime::now();
+    pair(serial, now - Duration::from_secs(3600), now + Duration::from_secs(30 * 86_400 + 3600))
+}
+
+fn check(cert: &Path, key: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["cert", "check", "--cert"])
+        .arg(cert)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .expect("run lifeline")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn a_good_pair_exits_0_and_prints_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let p = fresh(0x1234);
+    std::fs::write(&cert, &p.cert).unwrap();
+    std::fs::write(&key, &p.key).unwrap();
+    let out = check(&cert, &key);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
+    assert!(stdout.contains("subject:    CN=cli.test"), "{stdout}");
+    assert!(stdout.contains("sans:       DNS:localhost, IP:127.0.0.1"), "{stdout}");
+    assert!(stdout.contains("serial:     1234"), "{stdout}");
+    assert!(stdout.contains("days_left:  30"), "{stdout}");
+    assert!(stdout.contains("validity:   valid"), "{stdout}");
+    assert!(stdout.contains("not_before: 20") && stdout.contains("not_after:  20"), "{stdout}");
+    // The fingerprint is the one openssl computes.
+    let openssl = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let expected = text(&openssl.stdout).trim().rsplit('=').next().unwrap().replace(':', "").to_lowercase();
+    assert_eq!(expected.len(), 64, "{}", text(&openssl.stdout));
+    assert!(stdout.contains(&format!("sha256:     {expected}")), "{stdout} vs {expected}");
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_expired_pair_is_accepted_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let now = SystemTime::now();
+    let p = pair(7, now - Duration::from_secs(10 * 86_400), now - Duration::from_secs(2 * 86_400 + 60));
+    std::fs::write(&cert, &p.cert).unwrap();
+    std::fs::write(&key, &p.key).unwrap();
+    let out = check(&cert, &key);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("validity:   expired"), "{stdout}");
+    assert!(stdout.contains("days_left:  -3"), "{stdout}");
+    assert!(text(&out.stderr).contains("expired"), "{}", text(&out.stderr));
+}
+
+/// Exit 1, nothing on stdout, exactly one line on stderr that contains `needle`.
+fn assert_refused(out: &Output, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.starts_with("lifeline: ") && stderr.contains(needle), "{stderr:?}");
+}
+
+#[test]
+fn a_mismatched_pair_exits_1_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, fresh(1).cert).unwrap();
+    std::fs::write(&key, fresh(2).key).unwrap();
+    assert_refused(&check(&cert, &key), "does not match");
+}
+
+#[test]
+fn garbage_and_missing_files_exit_1_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let p = fresh(1);
+    std::fs::write(&key, &p.key).unwrap();
+    // Binary garbage: still one short line naming the file.
+    let garbage: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&cert, &garbage).unwrap();
+    assert_refused(&check(&cert, &key), "c.pem");
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n").unwrap();
+    assert_refused(&check(&cert, &key), "invalid PEM");
+    std::fs::write(&cert, &p.cert).unwrap();
+    assert_refused(&check(&cert, &dir.path().join("absent.pem")), "absent.pem");
+    assert_refused(&check(&cert, dir.path()), "not a regular file");
+}
