@@ -1,1 +1,90 @@
-//! `restart-socket`: work in progress; see the workspace README.
+//! A unix control socket through which an operator (or `lifeline restart`) asks a running service
+//! to restart itself, and learns the outcome: the new pid, or exactly why it failed.
+//!
+//! The service binds a [`Server`] at a path, gives it a [`RestartHandler`] (usually a
+//! zero-downtime handover to a new process) and a [`StatusProvider`], and serves until a
+//! [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled. Operators and tests
+//! use a [`Client`]. The protocol is in [`wire`]: `u32` little-endian length + postcard payload,
+//! a protocol version in every frame, at most 64 KiB per frame.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use restart_socket::{Client, Server, ServerConfig, Status};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), restart_socket::Error> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("control.sock");
+//!
+//! // The service: bind (mode 0600), then serve with two closures.
+//! let server = Server::bind(&path, ServerConfig::default())?;
+//! let listener = server.listener(); // to export the listening fd during a handover
+//! let restart = move || {
+//!     let _listener = listener.clone();
+//!     async move {
+//!         // A real handler exports `_listener.export()?` to a new process, waits until it is
+//!         // ready and returns its pid. Here it only pretends.
+//!         Ok::<u32, String>(4242)
+//!     }
+//! };
+//! let status = || async {
+//!     Status { pid: std::process::id(), generation: 1, started_at: 0, last_restart: None }
+//! };
+//! let shutdown = CancellationToken::new();
+//! let serving = tokio::spawn(server.serve(restart, status, shutdown.clone()));
+//!
+//! // The operator's side.
+//! let mut client = Client::connect(&path).await?;
+//! assert_eq!(client.status().await?.pid, std::process::id());
+//! assert_eq!(client.restart(Duration::from_secs(30)).await?, 4242);
+//!
+//! // Clean shutdown removes the socket file.
+//! shutdown.cancel();
+//! serving.await.unwrap()?;
+//! assert!(!path.exists());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A successor process continues on the same socket with [`Server::adopt`]: the predecessor's
+//! [`ListenerHandle::export`] gives an `OwnedFd` (close-on-exec; clear it in the child only),
+//! the child passes it, with the path, to `Server::adopt(fd, path, config)`. The socket path
+//! never disappears: the exporting process no longer removes the file, its successor does.
+//!
+//! # Ordering and safety
+//!
+//! - Bind (or adopt) before dropping privileges or entering a sandbox: the socket file is
+//!   created, chmod-ed and renamed under the service's own identity, and a handover needs the
+//!   fd inherited across `execve`.
+//! - The socket file is created with mode 0600 under a temporary name in the same directory and
+//!   only then moved into place, so it is never reachable with wider permissions. A stale socket
+//!   (connecting is refused: its server died) is replaced; a live one is [`Error::InUse`]; a path
+//!   that is not a socket is never deleted ([`Error::NotASocket`]).
+//! - Every connection's `SO_PEERCRED` uid is checked before a byte is read: only the server's
+//!   effective uid and [`ServerConfig::allowed_uids`] are served; others get one
+//!   [`ErrorKind::PermissionDenied`] frame and are logged.
+//! - Peers cannot stall the server: each frame must arrive within
+//!   [`ServerConfig::read_timeout`], connections are capped at
+//!   [`ServerConfig::max_connections`], frames over [`wire::MAX_FRAME_LEN`] are refused before
+//!   allocation, and anything undecodable gets an error frame and a closed connection.
+//! - One restart at a time: a concurrent request (or SIGUSR1) gets
+//!   [`RESTART_IN_PROGRESS`] at once. A restart that has begun always runs to completion.
+//! - Export the listener ([`ListenerHandle::export`]) only when handing it on: from then on this
+//!   process leaves the socket file in place at shutdown. If the handover fails, call
+//!   [`ListenerHandle::reclaim`].
+
+mod client;
+mod error;
+mod handler;
+mod server;
+mod sys;
+pub mod wire;
+
+pub use client::{Client, DEFAULT_TIMEOUT};
+pub use error::Error;
+pub use handler::{RestartHandler, StatusProvider};
+pub use server::{ListenerHandle, RESTART_IN_PROGRESS, Server, ServerConfig};
+pub use wire::{ErrorKind, Request, Response, Status, unix_millis};

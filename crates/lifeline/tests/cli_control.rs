@@ -1,0 +1,153 @@
+//! `lifeline restart` and `lifeline status` against a real restart socket served in-process:
+//! output, exit codes 0/1/2, and a refused peer of another uid (via `setpriv`).
+#![cfg(feature = "cli")]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use lifeline::restart_socket::{RestartHandler, Server, ServerConfig, Status};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const STATUS: Status = Status { pid: 4321, generation: 3, started_at: 1_700_000_000_123, last_restart: None };
+
+struct Running {
+    dir: tempfile::TempDir,
+    path: PathBuf,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), lifeline::restart_socket::Error>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().unwrap();
+        drop(self.dir);
+    }
+}
+
+fn serve(config: ServerConfig, restart: impl RestartHandler) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let server = Server::bind(&path, config).unwrap();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.serve(restart, || async { STATUS }, shutdown.clone()));
+    Running { dir, path, shutdown, task }
+}
+
+async fn lifeline(args: &[&str], socket: &Path) -> Output {
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(PATIENCE, child).await.expect("lifeline finishes").expect("run lifeline")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn status_prints_one_json_object_and_exits_0() {
+    let server = serve(ServerConfig::default(), || async { Ok::<u32, String>(1) });
+    let out = lifeline(&["status"], &server.path).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"pid": 4321, "generation": 3, "started_at": 1_700_000_000_123_u64, "last_restart": null})
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn restart_prints_the_new_pid_and_exits_0() {
+    let server = serve(ServerConfig::default(), || async { Ok::<u32, String>(98765) });
+    let out = lifeline(&["restart", "--timeout", "10s"], &server.path).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "98765\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_restart_prints_the_reason_on_one_line_and_exits_1() {
+    let server = serve(ServerConfig::default(), || async {
+        Err::<u32, String>("successor crashed\nexit status 3".to_owned())
+    });
+    let out = lifeline(&["restart"], &server.path).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    assert_eq!(text(&out.stderr), "lifeline: restart failed: successor crashed exit status 3\n");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_that_outlasts_the_timeout_exits_1() {
+    let (entered_tx, mut entered) = mpsc::unbounded_channel::<oneshot::Sender<u32>>();
+    let server = serve(ServerConfig::default(), move || {
+        let entered = entered_tx.clone();
+        async move {
+            let (tx, rx) = oneshot::channel();
+            entered.send(tx).map_err(|_| "test gone".to_owned())?;
+            rx.await.map_err(|_| "dropped".to_owned())
+        }
+    });
+    let out = lifeline(&["restart", "--timeout", "200ms"], &server.path).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.starts_with("lifeline: no answer within") && stderr.lines().count() == 1, "{stderr}");
+    // The handler did start, and is released so the server can stop.
+    entered.recv().await.unwrap().send(1).unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_dead_socket_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    let dead = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    for socket in [&missing, &dead] {
+        for args in [&["restart"][..], &["status"][..]] {
+            let out = lifeline(args, socket).await;
+            assert_eq!(out.status.code(), Some(2), "{args:?} {}", socket.display());
+            let stderr = text(&out.stderr);
+            assert!(stderr.starts_with("lifeline: no server at ") && stderr.lines().count() == 1, "{stderr}");
+            assert_eq!(text(&out.stdout), "");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_with_another_uid_is_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: a_peer_with_another_uid_is_refused needs root to run setpriv");
+        return;
+    }
+    let server = serve(ServerConfig::default(), || async { Ok::<u32, String>(1) });
+    std::fs::set_permissions(server.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&server.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for subcommand in ["status", "restart"] {
+        let child = tokio::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_lifeline"))
+            .args([subcommand, "--socket"])
+            .arg(&server.path)
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(PATIENCE, child).await.unwrap().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{subcommand}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("permission denied") && stderr.contains("uid 65534"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    server.stop().await;
+}

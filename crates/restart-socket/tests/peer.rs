@@ -1,0 +1,130 @@
+//! `SO_PEERCRED` checks with a real peer of another uid: perl's `IO::Socket::UNIX` run under
+//! `setpriv --reuid=65534` (root only; skipped loudly otherwise).
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use common::{PATIENCE, fixed_status, parse_frames, start};
+use restart_socket::ServerConfig;
+use restart_socket::wire::{self, ErrorKind, Request, Response};
+
+const NOBODY: u32 = 65534;
+
+/// Connects, sends the hex-encoded bytes, prints everything received (hex) until the server
+/// closes. SIGPIPE is ignored: the server may close before our write.
+const PERL_CLIENT: &str = r#"
+use IO::Socket::UNIX; use Socket;
+$SIG{PIPE} = 'IGNORE';
+my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $ARGV[0]) or die "connect: $!\n";
+$s->syswrite(pack("H*", $ARGV[1]));
+shutdown($s, 1);
+my $all = "";
+while (1) { my $n = $s->sysread(my $chunk, 65536); last unless $n; $all .= $chunk; }
+print unpack("H*", $all);
+"#;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Makes the socket reachable by other users: the check under test is then the server's own.
+fn open_up(dir: &Path, socket: &Path) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// Runs the perl client as `nobody` and returns the frames it received.
+async fn as_nobody(socket: &Path, request: Request) -> Vec<Response> {
+    let hex = wire::encode_request(request).iter().fold(String::new(), |mut hex, b| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
+    let child = tokio::process::Command::new("setpriv")
+        .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".to_owned()])
+        .args(["perl", "-e", PERL_CLIENT])
+        .arg(socket)
+        .arg(hex)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn setpriv perl");
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output()).await.expect("perl finishes").unwrap();
+    assert!(out.status.success(), "perl client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    parse_frames(&bytes)
+}
+
+/// Collects every log line of this test binary.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).init();
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test]
+async fn a_peer_with_another_uid_gets_one_error_frame_and_is_logged() {
+    if !is_root() {
+        eprintln!("SKIPPED: a_peer_with_another_uid_gets_one_error_frame_and_is_logged needs root (setpriv)");
+        return;
+    }
+    let logs = capture_logs();
+    let server = start(ServerConfig::default(), || async { Ok::<u32, String>(1) }, fixed_status());
+    open_up(server.dir.path(), &server.path);
+
+    for request in [Request::Status, Request::Restart] {
+        let answers = as_nobody(&server.path, request).await;
+        assert!(
+            matches!(&answers[..], [Response::Error { kind: ErrorKind::PermissionDenied, message }] if message.contains("uid 65534")),
+            "{answers:?}"
+        );
+    }
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(logged.contains("refused a peer") && logged.contains("uid=65534"), "{logged}");
+    // The server's own uid is still served.
+    assert_eq!(
+        restart_socket::Client::connect(&server.path).await.unwrap().status().await.unwrap(),
+        common::status_of(1)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_allow_listed_uid_is_served() {
+    if !is_root() {
+        eprintln!("SKIPPED: an_allow_listed_uid_is_served needs root (setpriv)");
+        return;
+    }
+    let server =
+        start(ServerConfig::default().allow_uid(NOBODY), || async { Ok::<u32, String>(77) }, fixed_status());
+    open_up(server.dir.path(), &server.path);
+    assert_eq!(as_nobody(&server.path, Request::Status).await, [Response::Status(common::status_of(1))]);
+    assert_eq!(as_nobody(&server.path, Request::Restart).await, [Response::RestartComplete { pid: 77 }]);
+    server.stop().await;
+}
