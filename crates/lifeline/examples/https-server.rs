@@ -118,7 +118,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("https-server: {err:#}");
+            eprintln!("https-server: {}", error_line(&err));
             match err.downcast_ref::<dirlock::Error>() {
                 Some(lock_err) if lock_err.is_contention() => ExitCode::from(EXIT_LOCKED),
                 _ => ExitCode::FAILURE,
@@ -370,6 +370,21 @@ fn plain(status: StatusCode, body: String, shared: &Shared) -> Response<Full<Byt
         headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     }
     response
+}
+
+/// An error and its causes on one line, without repeating a cause already in the text.
+fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn unix_millis(t: SystemTime) -> u64 {
