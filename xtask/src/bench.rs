@@ -44,12 +44,20 @@ struct Row {
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let root = project_root();
-    cargo(&["build", "--release", "-p", "lifeline-bench", "--bins"], &[])?;
-    let bin_dir = target_dir().join("release");
+    // A quick run only keeps the programs compiling and running (its numbers mean nothing), so it
+    // reuses the debug build CI already has instead of a second, optimised build of everything.
+    let (profile, bin_dir) = if args.quick {
+        ("dev", target_dir().join("debug"))
+    } else {
+        ("release", target_dir().join("release"))
+    };
+    cargo(&["build", "--profile", profile, "-p", "lifeline-bench", "--bins"], &[])?;
     let mut programs: Vec<String> = std::fs::read_dir(root.join("bench/src/bin"))
         .context("read bench/src/bin")?
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rs").map(str::to_owned))
+        // `bench-*-server` programs are helpers the benchmarks start, not benchmarks.
+        .filter(|name| !name.ends_with("-server"))
         .filter(|name| args.only.as_deref().is_none_or(|only| name.contains(only)))
         .collect();
     programs.sort();
@@ -100,7 +108,7 @@ fn render(rows: &[Row], quick: bool) -> String {
     }
     let mut md = String::from("# lifeline benchmark report\n\n");
     if quick {
-        md.push_str("**Quick run** (`--quick`): few iterations, the figures are not meaningful.\n\n");
+        md.push_str("**Quick run** (`--quick`): a debug build and few iterations; the figures are not meaningful.\n\n");
     }
     md.push_str("Every figure is compared with a baseline measured in the same run on the same machine.\n");
     for (mechanism, rows) in by_mechanism {
