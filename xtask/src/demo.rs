@@ -9,7 +9,6 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::bench::target_dir;
-use crate::ci::cargo;
 use crate::project_root;
 use crate::svg::{Marker, Series, line_chart};
 
@@ -46,24 +45,7 @@ struct Outcome {
 
 pub(crate) fn run(_args: &Args) -> anyhow::Result<()> {
     println!("demo: building the lifeline CLI, the example server and the demo driver");
-    cargo(
-        &[
-            "build",
-            "-p",
-            "lifeline",
-            "--features",
-            "cli,full",
-            "--bin",
-            "lifeline",
-            "--example",
-            "https-server",
-            "-p",
-            "lifeline-tests",
-            "--bin",
-            "lifeline-demo",
-        ],
-        &[],
-    )?;
+    build_stage("lifeline-demo")?;
     let debug = target_dir().join("debug");
     let out = target_dir().join("demo");
     let status = Command::new(debug.join("lifeline-demo"))
@@ -95,6 +77,28 @@ pub(crate) fn run(_args: &Args) -> anyhow::Result<()> {
         bail!("the demo driver failed ({status}); the server's log is {}", out.join("server.log").display());
     }
     Ok(())
+}
+
+/// Builds the `lifeline` CLI, the example server and the driver `program` of the tests package.
+pub(crate) fn build_stage(program: &str) -> anyhow::Result<()> {
+    crate::ci::cargo(
+        &[
+            "build",
+            "-p",
+            "lifeline",
+            "--features",
+            "cli,full",
+            "--bin",
+            "lifeline",
+            "--example",
+            "https-server",
+            "-p",
+            "lifeline-tests",
+            "--bin",
+            program,
+        ],
+        &[],
+    )
 }
 
 /// Requests per second (ok and failed) in 250 ms buckets, with each event marked.

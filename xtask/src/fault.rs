@@ -7,7 +7,6 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 use crate::bench::target_dir;
-use crate::ci::cargo;
 use crate::project_root;
 
 /// Arguments of `cargo xtask fault`.
@@ -19,23 +18,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    cargo(
-        &[
-            "build",
-            "-p",
-            "lifeline",
-            "--features",
-            "cli,full",
-            "--bin",
-            "lifeline",
-            "--example",
-            "https-server",
-            "-p",
-            "lifeline-tests",
-            "--bins",
-        ],
-        &[],
-    )?;
+    crate::demo::build_stage("lifeline-fault")?;
     let debug = target_dir().join("debug");
     let mut command = Command::new(debug.join("lifeline-fault"));
     command
