@@ -72,7 +72,16 @@ impl Supervisor {
     /// exits the policy decides about), or if the pid file or notify socket cannot be set up.
     pub fn spawn(self) -> Result<Supervised, Error> {
         let mut task = Task::new(self)?;
-        task.start_main()?;
+        if let Err(err) = task.start_main() {
+            if let Some(main) = task.main.take() {
+                // Started, but the pid file cannot be kept: do not leave it running unsupervised.
+                let _ = sys::pidfd_send_signal(main.fd.as_fd(), Signal::KILL);
+                let _ = sys::kill_group(main.pgid, Signal::KILL);
+                // Blocking is fine here: SIGKILL was just sent and the child is ours.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(main.pid), None);
+            }
+            return Err(err);
+        }
         Ok(task.launch())
     }
 
@@ -99,7 +108,7 @@ impl Supervisor {
             proc.ready_at = Some(proc.since);
         }
         task.status_text.clone_from(&snapshot.status_text);
-        task.install_main(proc);
+        task.install_main(proc)?;
         task.emit(EventKind::Adopted { pid });
         Ok(task.launch())
     }
@@ -455,7 +464,8 @@ impl Task {
 
     // ---- starting ---------------------------------------------------------------------------
 
-    /// Starts the command as the new main process.
+    /// Starts the command as the new main process. An [`Error::PidFile`] means it *was* started
+    /// (and is the main process) but the pid file could not be written.
     fn start_main(&mut self) -> Result<(), Error> {
         let death_signal = match self.config.lifetime {
             Lifetime::DieWithSupervisor { signal } => Some(signal),
@@ -475,25 +485,23 @@ impl Task {
             proc.ready_at = Some(proc.since);
         }
         self.starts += 1;
-        self.install_main(proc);
+        let installed = self.install_main(proc);
         self.emit(EventKind::Started { pid, attempt: self.starts });
-        Ok(())
+        installed
     }
 
-    /// Makes `proc` the main process: groups, pid file, watchdog, status.
-    fn install_main(&mut self, proc: Proc) {
+    /// Makes `proc` the main process: groups, pid file, watchdog, status. It is installed even if
+    /// the pid file cannot be written (that error is returned).
+    fn install_main(&mut self, proc: Proc) -> Result<(), Error> {
         if proc.pgid != self.own_pgid {
             self.pgids.insert(proc.pgid);
         }
         self.sessions.insert(proc.session);
-        if let Some(pid_file) = &self.pid_file
-            && let Err(err) = pid_file.write(proc.pid as u32)
-        {
-            tracing::error!(%err, "cannot update the pid file");
-        }
+        let written = self.pid_file.as_ref().map_or(Ok(()), |pid_file| pid_file.write(proc.pid as u32));
         self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
         self.main = Some(proc);
         self.publish(State::Running);
+        written
     }
 
     // ---- the loop ---------------------------------------------------------------------------
@@ -609,6 +617,10 @@ impl Task {
                     }
                     match self.start_main() {
                         Ok(()) => return None,
+                        Err(err @ Error::PidFile { .. }) => {
+                            tracing::error!(%err, "cannot update the pid file");
+                            return None;
+                        }
                         Err(err) => {
                             tracing::error!(%err, "restart failed");
                             let now = Instant::now();
@@ -774,7 +786,9 @@ impl Task {
         }
         self.main_pid_changes += 1;
         tracing::info!(old = old_pid, new, "following the new main pid");
-        self.install_main(proc);
+        if let Err(err) = self.install_main(proc) {
+            tracing::error!(%err, "cannot update the pid file");
+        }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
     }
 
