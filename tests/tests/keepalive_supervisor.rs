@@ -445,6 +445,25 @@ async fn notifications_from_a_process_other_than_the_main_pid_are_ignored() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mainpid_naming_a_process_outside_the_service_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Our child, but not the service's: following it would let the service make us kill it.
+    let mut stranger = std::process::Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let command = Command::new(NOTIFY).args(["--mainpid", &stranger.id().to_string(), "--done", &path(&dir.path().join("d"))]);
+    let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
+    let main = supervised.pid().expect("pid");
+    let mut events = supervised.events();
+    let seen = until(&mut events, |k| matches!(k, EventKind::Status { .. })).await;
+    assert!(!seen.iter().any(|e| matches!(e.kind, EventKind::MainPidChanged { .. })), "{seen:?}");
+    assert_eq!(supervised.pid(), Some(main));
+    supervised.stop().await.expect("stop");
+    assert!(stranger.try_wait().expect("try_wait").is_none(), "the stranger was not signalled");
+    stranger.kill().expect("kill");
+    stranger.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_reach_the_main_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");

@@ -761,11 +761,13 @@ impl Task {
             return;
         }
         let old_ready = old.ready_at.is_some();
-        // Like systemd's cgroup check: the new main pid must belong to the service, i.e. descend
-        // from the current main process or from us (as subreaper we inherit the service's orphans),
-        // or live in one of the service's sessions.
-        let belongs = sys::descends_from(new, &[old.pid, self.own_pid])
-            || sys::read_stat(new).is_ok_and(|s| self.sessions.contains(&s.session));
+        // Like systemd's cgroup check: the new main pid must belong to the service. It descends from
+        // the current main process, or lives in one of the service's sessions, or (as subreaper)
+        // was re-parented to us because its parent, the old main process, has already exited.
+        let belongs = sys::descends_from(new, &[old.pid])
+            || sys::read_stat(new).is_ok_and(|s| {
+                self.sessions.contains(&s.session) || (self.config.subreaper && s.ppid == self.own_pid)
+            });
         if !belongs {
             tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
             return;
@@ -884,13 +886,14 @@ impl Task {
         tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
         let killed = group::terminate(&fds, &groups, self.config.stop_signal, self.config.grace).await;
         let after = began.elapsed();
-        if self.config.subreaper {
-            self.reap_orphans();
-        }
+        // Our own processes first: reaping orphans would take (and drop) their statuses.
         let status = self.collect_status(main.pid);
         for old in &retired {
             let old_status = self.collect_status(old.pid);
             tracing::debug!(pid = old.pid, status = %old_status, "previous main process stopped");
+        }
+        if self.config.subreaper {
+            self.reap_orphans();
         }
         self.remove_pid_file();
         let pid = main.pid as u32;

@@ -6,6 +6,8 @@
 //! and with systemd-notify the tool runs it itself. FILE gets one line saying how it went
 //! (`ok`, or the error), written atomically.
 //!
+//! `keepalive-notify --mainpid PID --done FILE`: sends `MAINPID=PID`, then `STATUS=sent`.
+//!
 //! `keepalive-notify --from-child --done FILE`: a child process sends `READY=1` (it is not the
 //! main process, so a supervisor must ignore it); once the child has exited, the main process
 //! sends `STATUS=after-child`.
@@ -22,7 +24,12 @@ fn main() {
     let done = opt("--done");
     let status = opt("--status");
 
-    let result: Result<(), String> = if has("--from-child") {
+    let result: Result<(), String> = if let Some(pid) = opt("--mainpid") {
+        let pid: u32 = pid.parse().expect("--mainpid PID");
+        sd_notify::notify(&[NotifyState::MainPid(pid)])
+            .and_then(|()| sd_notify::notify(&[NotifyState::Status("sent")]))
+            .map_err(|e| format!("sd-notify: {e}"))
+    } else if has("--from-child") {
         let exe = std::env::current_exe().expect("current_exe");
         let child = std::process::Command::new(exe)
             .args(["--via", "sd-notify"])
