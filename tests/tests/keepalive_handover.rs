@@ -17,7 +17,12 @@ const HANDOVER: &str = env!("CARGO_BIN_EXE_keepalive-handover");
 const CRASH_LOOPER: &str = env!("CARGO_BIN_EXE_keepalive-crash-looper");
 
 fn subreaper_config(pid_file: &Path) -> Config {
-    Config { notify: Notify::PrivateDir, pid_file: Some(pid_file.to_path_buf()), subreaper: true, ..Config::default() }
+    Config {
+        notify: Notify::PrivateDir,
+        pid_file: Some(pid_file.to_path_buf()),
+        subreaper: true,
+        ..Config::default()
+    }
 }
 
 fn log_has(log: &Path, generation: u32, pid: u32) {
@@ -34,8 +39,10 @@ async fn five_handovers(own_group: bool) {
     if own_group {
         args.push("--own-group".to_owned());
     }
-    let supervised =
-        Supervisor::new(Command::new(HANDOVER).args(args)).config(subreaper_config(&pid_file)).spawn().expect("spawn");
+    let supervised = Supervisor::new(Command::new(HANDOVER).args(args))
+        .config(subreaper_config(&pid_file))
+        .spawn()
+        .expect("spawn");
     let mut events = supervised.events();
     let first = started_pid(&next(&mut events).await.kind).expect("Started");
     let mut pid = first;
@@ -43,8 +50,13 @@ async fn five_handovers(own_group: bool) {
         log_has(&log, generation, pid);
         supervised.signal(Signal::USR2).await.expect("ask for a handover");
         let seen = until(&mut events, |k| matches!(k, EventKind::MainPidChanged { .. })).await;
-        assert!(seen.iter().all(|e| !matches!(e.kind, EventKind::Exited { .. } | EventKind::Started { .. })), "{seen:?}");
-        let Some(EventKind::MainPidChanged { old, new }) = seen.last().map(|e| e.kind.clone()) else { unreachable!() };
+        assert!(
+            seen.iter().all(|e| !matches!(e.kind, EventKind::Exited { .. } | EventKind::Started { .. })),
+            "{seen:?}"
+        );
+        let Some(EventKind::MainPidChanged { old, new }) = seen.last().map(|e| e.kind.clone()) else {
+            unreachable!()
+        };
         assert_eq!(old, pid);
         assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), format!("{new}\n"));
         assert_eq!(supervised.pid(), Some(new));
@@ -99,8 +111,11 @@ async fn orphans_reparented_to_the_subreaper_are_reaped() {
         "0,60000",
     ]);
     let config = Config { subreaper: true, ..Config::default() };
-    let supervised =
-        Supervisor::new(command).config(config).policy(Backoff::scaled(Duration::from_millis(10))).spawn().expect("spawn");
+    let supervised = Supervisor::new(command)
+        .config(config)
+        .policy(Backoff::scaled(Duration::from_millis(10)))
+        .spawn()
+        .expect("spawn");
     let mut events = supervised.events();
     until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
     let orphan = read_pids(&orphan_file)[0];

@@ -450,7 +450,12 @@ async fn mainpid_naming_a_process_outside_the_service_is_ignored() {
     // Our child, but not the service's: following it would let the service make us kill it.
     let mut stranger = std::process::Command::new("sleep").arg("600").spawn().expect("spawn sleep");
     let config = Config { notify: Notify::PrivateDir, ..Config::default() };
-    let command = Command::new(NOTIFY).args(["--mainpid", &stranger.id().to_string(), "--done", &path(&dir.path().join("d"))]);
+    let command = Command::new(NOTIFY).args([
+        "--mainpid",
+        &stranger.id().to_string(),
+        "--done",
+        &path(&dir.path().join("d")),
+    ]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
     let main = supervised.pid().expect("pid");
     let mut events = supervised.events();
