@@ -236,7 +236,7 @@ fn poll_samples(n: usize, period: Duration, poller: Poller) -> anyhow::Result<Ve
         let watcher = std::thread::spawn(move || {
             loop {
                 let gone = match process.as_mut() {
-                    Some(child) => child.try_wait().map(|s| s.is_some()).unwrap_or(true),
+                    Some(child) => child.try_wait().map_or(true, |s| s.is_some()),
                     None => kill(Pid::from_raw(pid as i32), None).is_err(),
                 };
                 if gone {

@@ -20,7 +20,7 @@ fn main() {
     }
     let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let starts = opt("--starts").expect("--starts FILE");
-    let previous = std::fs::read_to_string(&starts).map(|s| s.lines().count()).unwrap_or(0);
+    let previous = std::fs::read_to_string(&starts).map_or(0, |s| s.lines().count());
     let mut log =
         std::fs::OpenOptions::new().create(true).append(true).open(&starts).expect("open starts file");
     // One write(2) of a short line with O_APPEND: readers never see half a line.
@@ -30,6 +30,8 @@ fn main() {
         && on.parse::<usize>().ok() == Some(previous)
     {
         let exe = std::env::current_exe().expect("current_exe");
+        // Never waited for on purpose: it is the orphan the supervisor must clean up.
+        #[allow(clippy::zombie_processes)]
         let child = std::process::Command::new(exe).arg("--linger").spawn().expect("spawn orphan");
         write_atomic(&file, &format!("{}\n", child.id()));
     }

@@ -41,27 +41,26 @@ fn main() {
         ready.write_all(b"R").expect("signal readiness");
     }
 
-    loop {
-        match set.wait().expect("sigwait") {
-            Signal::SIGUSR2 => {
-                let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
-                let mut cmd = std::process::Command::new(std::env::current_exe().expect("current_exe"));
-                cmd.args(&args[1..])
-                    .env("HANDOVER_GENERATION", (generation + 1).to_string())
-                    .env("HANDOVER_READY_FD", write_end.as_raw_fd().to_string());
-                if own_group {
-                    cmd.process_group(0);
-                }
-                // nix's pipe() fds are not close-on-exec: the successor inherits the write end.
-                let child = cmd.spawn().expect("spawn successor");
-                drop(write_end);
-                let mut byte = [0u8; 1];
-                std::fs::File::from(read_end).read_exact(&mut byte).expect("successor readiness");
-                sd_notify::notify(&[NotifyState::MainPid(child.id())]).expect("MAINPID=");
-                std::thread::sleep(drain);
-                std::process::exit(0);
+    // Every signal ends this process: SIGUSR2 after handing over, the others at once.
+    match set.wait().expect("sigwait") {
+        Signal::SIGUSR2 => {
+            let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+            let mut cmd = std::process::Command::new(std::env::current_exe().expect("current_exe"));
+            cmd.args(&args[1..])
+                .env("HANDOVER_GENERATION", (generation + 1).to_string())
+                .env("HANDOVER_READY_FD", write_end.as_raw_fd().to_string());
+            if own_group {
+                cmd.process_group(0);
             }
-            _ => std::process::exit(0),
+            // nix's pipe() fds are not close-on-exec: the successor inherits the write end.
+            let child = cmd.spawn().expect("spawn successor");
+            drop(write_end);
+            let mut byte = [0u8; 1];
+            std::fs::File::from(read_end).read_exact(&mut byte).expect("successor readiness");
+            sd_notify::notify(&[NotifyState::MainPid(child.id())]).expect("MAINPID=");
+            std::thread::sleep(drain);
+            std::process::exit(0);
         }
+        _ => std::process::exit(0),
     }
 }

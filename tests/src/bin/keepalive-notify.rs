@@ -43,11 +43,11 @@ fn main() {
     } else {
         match opt("--via").as_deref() {
             Some("sd-notify") => {
-                let mut states = vec![NotifyState::Ready];
+                let mut messages = vec![NotifyState::Ready];
                 if let Some(text) = &status {
-                    states.push(NotifyState::Status(text));
+                    messages.push(NotifyState::Status(text));
                 }
-                sd_notify::notify(&states).map_err(|e| format!("sd-notify: {e}"))
+                sd_notify::notify(&messages).map_err(|e| format!("sd-notify: {e}"))
             }
             Some("libsystemd") => libsystemd(status.as_deref()),
             Some("systemd-notify") => {
@@ -101,10 +101,10 @@ fn libsystemd(status: Option<&str>) -> Result<(), String> {
             std::mem::transmute::<*mut libc::c_void, SdNotifyBarrier>(barrier),
         )
     };
-    let mut text = "READY=1".to_owned();
-    if let Some(s) = status {
-        text.push_str(&format!("\nSTATUS={s}"));
-    }
+    let text = match status {
+        Some(s) => format!("READY=1\nSTATUS={s}"),
+        None => "READY=1".to_owned(),
+    };
     let text = CString::new(text).map_err(|e| e.to_string())?;
     // SAFETY: a valid C string; sd_notify only reads it.
     let rc = unsafe { notify(0, text.as_ptr()) };

@@ -25,7 +25,7 @@ fn main() {
     for _ in 0..n {
         pids.push(std::process::Command::new(&exe).arg("--child").spawn().expect("spawn child").id());
     }
-    let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+    let text: String = pids.iter().map(|p| p.to_string() + "\n").collect();
     let tmp = format!("{file}.tmp");
     std::fs::write(&tmp, text).expect("write pids");
     std::fs::rename(&tmp, &file).expect("rename pids");

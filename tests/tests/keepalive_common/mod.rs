@@ -10,11 +10,9 @@ use lifeline_tests::PATIENCE;
 
 /// The next event, or a panic after [`PATIENCE`].
 pub async fn next(events: &mut Events) -> Event {
-    match tokio::time::timeout(PATIENCE, events.next()).await {
-        Ok(Some(event)) => event,
-        Ok(None) => panic!("the supervisor finished while an event was expected"),
-        Err(_) => panic!("no event within {PATIENCE:?}"),
-    }
+    let within = tokio::time::timeout(PATIENCE, events.next()).await;
+    let event = within.unwrap_or_else(|elapsed| panic!("no event within {PATIENCE:?} ({elapsed})"));
+    event.expect("the supervisor finished while an event was expected")
 }
 
 /// Events up to and including the first one `pred` accepts.
