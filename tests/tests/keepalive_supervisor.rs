@@ -168,6 +168,25 @@ async fn a_cooperative_service_stops_within_the_grace_period_and_the_pid_file_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stop_signal_arrives_exactly_once() {
+    // Many servers read a second SIGTERM as "stop now"; the group and the pidfd must not both get it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let config = Config { stop_signal: Signal::USR1, grace: Duration::from_millis(300), ..Config::default() };
+    let supervised = Supervisor::new(Command::new(SIGNALS).args(["--log", &path(&log)]))
+        .config(config)
+        .spawn()
+        .expect("spawn");
+    wait_for("the fixture's handlers", || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.starts_with("ready"))
+    });
+    // The fixture only records SIGUSR1, so the stop ends with SIGKILL after the grace period.
+    assert!(matches!(supervised.stop().await.expect("stop"), StopOutcome::Killed { .. }));
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(text.lines().filter(|l| *l == "USR1").count(), 1, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detach_then_adopt_resumes_supervision() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("svc.pid");

@@ -105,7 +105,7 @@ pub enum EventKind {
 
 /// A subscription to a supervisor's events.
 ///
-/// Backed by a bounded broadcast channel: a subscriber that falls more than 1024 events behind
+/// Backed by a bounded broadcast channel: a subscriber that falls more than 256 events behind
 /// skips the oldest ones (logged) rather than holding memory without bound.
 #[derive(Debug)]
 pub struct Events {

@@ -14,12 +14,20 @@ use crate::sys;
 /// in uninterruptible sleep can take a while; one stuck forever must not hang the supervisor).
 const AFTER_KILL: Duration = Duration::from_secs(10);
 
+/// A process to stop by pidfd, with the process group it was in.
+pub(crate) struct Target<'a> {
+    pub(crate) pidfd: &'a AsyncFd<OwnedFd>,
+    pub(crate) pgid: i32,
+}
+
 /// Signals `procs` and every process in `groups`, waits up to `grace` for all of them to be gone,
 /// then `SIGKILL`s whatever is left. Returns whether `SIGKILL` was needed.
 ///
-/// `groups` must not contain the caller's own process group.
+/// Each process gets each signal once: a process in one of `groups` gets it through its group
+/// only (a second SIGTERM means "stop *now*" to many servers). `groups` must not contain the
+/// caller's own process group.
 pub(crate) async fn terminate(
-    procs: &[&AsyncFd<OwnedFd>],
+    procs: &[Target<'_>],
     groups: &BTreeSet<i32>,
     signal: Signal,
     grace: Duration,
@@ -40,15 +48,15 @@ pub(crate) async fn terminate(
     true
 }
 
-fn send(procs: &[&AsyncFd<OwnedFd>], groups: &BTreeSet<i32>, signal: Signal) {
+fn send(procs: &[Target<'_>], groups: &BTreeSet<i32>, signal: Signal) {
     for &pgid in groups {
         if let Err(err) = sys::kill_group(pgid, signal) {
             tracing::debug!(pgid, %signal, %err, "cannot signal process group");
         }
     }
     // A process outside those groups (a successor that made its own group, say) gets it directly.
-    for fd in procs {
-        if let Err(err) = sys::pidfd_send_signal(fd.as_fd(), signal) {
+    for target in procs.iter().filter(|t| !groups.contains(&t.pgid)) {
+        if let Err(err) = sys::pidfd_send_signal(target.pidfd.as_fd(), signal) {
             tracing::debug!(%signal, %err, "cannot signal process");
         }
     }
@@ -57,13 +65,9 @@ fn send(procs: &[&AsyncFd<OwnedFd>], groups: &BTreeSet<i32>, signal: Signal) {
 /// Waits until every process in `procs` has exited and no live (non-zombie) process is left in
 /// `groups`, or until `deadline`. Event-driven: it sleeps on pidfds, and scans `/proc` for group
 /// members only to find out which pidfds to sleep on (again after they fired, to catch forks).
-pub(crate) async fn wait_gone(
-    procs: &[&AsyncFd<OwnedFd>],
-    groups: &BTreeSet<i32>,
-    deadline: Instant,
-) -> bool {
-    for fd in procs {
-        if timeout_at(deadline, fd.readable()).await.is_err() {
+pub(crate) async fn wait_gone(procs: &[Target<'_>], groups: &BTreeSet<i32>, deadline: Instant) -> bool {
+    for target in procs {
+        if timeout_at(deadline, target.pidfd.readable()).await.is_err() {
             return false;
         }
     }

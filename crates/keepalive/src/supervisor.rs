@@ -28,7 +28,7 @@ use crate::sys::{self, Reaped};
 
 /// How many queued notifications are handled before deciding about an exit or a stop.
 const DRAIN_LIMIT: usize = 1024;
-const EVENT_CAPACITY: usize = 1024;
+const EVENT_CAPACITY: usize = 256;
 
 /// Builds a supervised service: what to run ([`Command`]), how ([`Config`]), and when to restart
 /// ([`RestartPolicy`], default [`Backoff`]). Then [`spawn`](Supervisor::spawn) it, or
@@ -861,7 +861,8 @@ impl Task {
         self.emit(EventKind::WatchdogTimeout { pid: main.pid as u32 });
         self.watchdog_deadline = None;
         let groups = self.signalable(&[main.pgid]);
-        group::terminate(&[&main.fd], &groups, self.config.watchdog_signal, self.config.grace).await;
+        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
+        group::terminate(&[target], &groups, self.config.watchdog_signal, self.config.grace).await;
         let status = self.collect_status(main.pid);
         Some(Outcome::Exited {
             pid: main.pid,
@@ -880,11 +881,13 @@ impl Task {
         let retired = std::mem::take(&mut self.retired);
         let pgids: Vec<i32> = std::iter::once(main.pgid).chain(retired.iter().map(|r| r.pgid)).collect();
         let groups = self.signalable(&pgids);
-        let fds: Vec<&AsyncFd<OwnedFd>> =
-            std::iter::once(&main.fd).chain(retired.iter().map(|r| &r.fd)).collect();
+        let targets: Vec<group::Target<'_>> = std::iter::once(&main)
+            .chain(&retired)
+            .map(|p| group::Target { pidfd: &p.fd, pgid: p.pgid })
+            .collect();
         let began = Instant::now();
         tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
-        let killed = group::terminate(&fds, &groups, self.config.stop_signal, self.config.grace).await;
+        let killed = group::terminate(&targets, &groups, self.config.stop_signal, self.config.grace).await;
         let after = began.elapsed();
         // Our own processes first: reaping orphans would take (and drop) their statuses.
         let status = self.collect_status(main.pid);
