@@ -191,10 +191,12 @@ async fn detach_then_adopt_resumes_supervision() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("svc.pid");
     let config = || Config { pid_file: Some(pid_file.clone()), ..Config::default() };
-    let supervised =
+    let mut supervised =
         Supervisor::new(Command::new("sleep").arg("600")).config(config()).spawn().expect("spawn");
     let pid = supervised.pid().expect("pid");
     let snapshot = supervised.detach().await.expect("detach");
+    assert!(matches!(supervised.wait().await, Finished::Detached(_)));
+    assert!(matches!(supervised.detach().await, Err(Error::Finished)));
     assert_eq!(snapshot.pid, pid);
     assert_eq!(snapshot.pgid, pid, "the service leads its own process group");
     assert!(!is_gone(pid), "detach leaves it running");
@@ -405,9 +407,13 @@ async fn a_watchdog_needs_notification() {
 }
 
 async fn ready_and_status_via(via: &str) {
+    ready_and_status_over(via, Notify::PrivateDir).await;
+}
+
+async fn ready_and_status_over(via: &str, notify: Notify) {
     let dir = tempfile::tempdir().expect("tempdir");
     let done = dir.path().join("done");
-    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let config = Config { notify, ..Config::default() };
     let command =
         Command::new(NOTIFY).args(["--via", via, "--status", "up and running", "--done", &path(&done)]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
@@ -436,6 +442,11 @@ async fn ready_and_status_from_the_sd_notify_crate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_status_and_barrier_from_libsystemd() {
     ready_and_status_via("libsystemd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_status_and_barrier_from_libsystemd_over_an_abstract_socket() {
+    ready_and_status_over("libsystemd", Notify::Abstract).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,7 +562,7 @@ async fn following_mainpid_without_a_subreaper() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_dies_with_its_supervisor_cannot_be_detached_and_dies_when_it_is_killed() {
-    let supervised = Supervisor::new(Command::new("sleep").arg("600"))
+    let mut supervised = Supervisor::new(Command::new("sleep").arg("600"))
         .config(Config {
             lifetime: Lifetime::DieWithSupervisor { signal: Signal::TERM },
             ..Config::default()
@@ -560,7 +571,8 @@ async fn a_service_that_dies_with_its_supervisor_cannot_be_detached_and_dies_whe
         .expect("spawn");
     let pid = supervised.pid().expect("pid");
     assert!(matches!(supervised.detach().await, Err(Error::DetachRefused)));
-    assert!(!is_gone(pid), "a refused detach leaves it supervised");
+    assert_eq!(supervised.pid(), Some(pid), "a refused detach leaves it supervised");
+    assert!(matches!(supervised.stop().await.expect("stop"), StopOutcome::Exited { pid: p, .. } if p == pid));
 
     // Another process supervises with DieWithSupervisor; SIGKILL it and its service follows.
     let mut detacher = std::process::Command::new(DETACHER)

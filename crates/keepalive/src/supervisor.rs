@@ -271,8 +271,10 @@ impl Supervised {
     /// to resume. The pid file stays; the notify socket file stays for the adopter.
     ///
     /// Refused ([`Error::DetachRefused`]) for a service started with
-    /// [`Lifetime::DieWithSupervisor`], and while nothing runs ([`Error::NothingRunning`]).
-    pub async fn detach(mut self) -> Result<Snapshot, Error> {
+    /// [`Lifetime::DieWithSupervisor`], and while nothing runs ([`Error::NothingRunning`]); after a
+    /// refusal supervision simply goes on. After a successful detach the handle is finished
+    /// ([`wait`](Supervised::wait) returns [`Finished::Detached`]).
+    pub async fn detach(&mut self) -> Result<Snapshot, Error> {
         let (tx, rx) = oneshot::channel();
         self.requests.send(Request::Detach(tx)).await.map_err(|_| Error::Finished)?;
         rx.await.map_err(|_| Error::Finished)??;

@@ -210,6 +210,26 @@ mod tests {
         assert_eq!(parse_stat(b"12 x) S"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parses_any_command_name_and_never_panics(
+            comm in "[^\u{0}]{0,16}",
+            pid in 1i32..i32::MAX,
+            ppid in 0i32..i32::MAX,
+            pgrp in 0i32..i32::MAX,
+            session in 0i32..i32::MAX,
+            start in proptest::prelude::any::<u64>(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let line = format!(
+                "{pid} ({comm}) S {ppid} {pgrp} {session} 0 -1 4194560 1 0 0 0 3 4 0 0 20 0 1 0 {start} 1000 10\n"
+            );
+            let stat = parse_stat(line.as_bytes());
+            proptest::prop_assert_eq!(stat, Some(ProcStat { pid, state: b'S', ppid, pgrp, session, start_time: start }));
+            let _ = parse_stat(&junk);
+        }
+    }
+
     #[test]
     fn reads_our_own_stat() {
         let me = read_stat(std::process::id() as i32).expect("own stat");

@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     if die_with {
         config.lifetime = Lifetime::DieWithSupervisor { signal: Signal::TERM };
     }
-    let supervised =
+    let mut supervised =
         Supervisor::new(Command::new(program.clone()).args(rest.iter().cloned())).config(config).spawn()?;
     let mut events = supervised.events();
     let pid = match events.next().await.map(|e| e.kind) {
