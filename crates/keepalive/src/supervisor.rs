@@ -478,11 +478,13 @@ impl Task {
             watchdog: self.watchdog_interval,
             death_signal,
         };
+        // Taken before the fork: a runtime is never shorter than the process really lived.
+        let started = Instant::now();
         let pid = spawn(&self.command, &options)
             .map_err(|source| Error::Spawn { program: self.command.program.clone(), source })?;
         // Our child cannot be reaped by anyone else, so even if it already exited its pid is still
         // its own (a zombie) and the pidfd reports the exit at once.
-        let mut proc = Proc::open(pid as i32, Instant::now(), true)?;
+        let mut proc = Proc::open(pid as i32, started, true)?;
         if !self.config.notify.is_on() {
             proc.ready_at = Some(proc.since);
         }
