@@ -1,1 +1,100 @@
-//! `keepalive`: work in progress; see the workspace README.
+//! `keepalive`: keep a process running — restart it with backoff when it crashes, stop it
+//! gracefully, re-adopt it after the supervisor restarts, and follow it through zero-downtime
+//! handovers instead of mistaking them for crashes. Linux only (pidfds, `/proc`, `prctl`).
+//!
+//! # What it solves
+//!
+//! A service must come back when it crashes, but not in a tight loop; it must stop cleanly
+//! (its whole process group, with a grace period); and a supervisor that restarts must be able to
+//! pick a running service back up without ever signalling a process that merely inherited its pid.
+//! Services that restart themselves without downtime (see the `handover` crate) replace their main
+//! process: the old one announces the new one with `MAINPID=` on systemd's `NOTIFY_SOCKET` and
+//! exits. A supervisor that sees only "main process exited" would restart a healthy service;
+//! this one follows the new pid.
+//!
+//! - [`Supervisor`] starts a [`Command`] in its own session and process group, watches it through a
+//!   pidfd (exit detection is an event, never a polling loop), and restarts it as a
+//!   [`RestartPolicy`] decides — by default [`Backoff`], the Consul daemon's schedule: three starts
+//!   without delay, then 2, 4, 8 … s capped at 60 s, reset after 10 s of healthy running.
+//! - [`Supervised`] is the running supervisor: an [`Events`] stream, [`Status`],
+//!   [`stop`](Supervised::stop) (signal to the group, `SIGKILL` after the grace period),
+//!   [`detach`](Supervised::detach) (returns a serde [`Snapshot`]) and
+//!   [`signal`](Supervised::signal).
+//! - [`Supervisor::adopt`] resumes from a snapshot, refusing a pid whose start time changed.
+//! - With [`Config::notify`] the supervisor serves `NOTIFY_SOCKET` like systemd (`READY=1`,
+//!   `MAINPID=`, `WATCHDOG=1`, `STATUS=`, `BARRIER=1`); `systemd-notify`, libsystemd's `sd_notify`
+//!   and the sd-notify crate all work against it.
+//! - [`PidFile`] is replaced atomically, so readers never see it empty or partial.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use keepalive::{Backoff, Command, Config, EventKind, StopOutcome, Supervisor};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keepalive::Error> {
+//! let dir = tempfile::tempdir().expect("temp dir");
+//! let pid_file = dir.path().join("sleeper.pid");
+//! let supervised = Supervisor::new(Command::new("sleep").arg("600"))
+//!     .config(Config { grace: Duration::from_secs(2), pid_file: Some(pid_file.clone()), ..Config::default() })
+//!     .policy(Backoff::default().with_give_up(5, Duration::from_secs(60)))
+//!     .spawn()?;
+//! let mut events = supervised.events();
+//! let Some(first) = events.next().await else { unreachable!("the supervisor emits Started first") };
+//! assert!(matches!(first.kind, EventKind::Started { attempt: 1, .. }));
+//! assert_eq!(std::fs::read_to_string(&pid_file).ok(), supervised.pid().map(|p| format!("{p}\n")));
+//!
+//! // SIGTERM to the process group; SIGKILL only if it were still there after the grace period.
+//! let outcome = supervised.stop().await?;
+//! assert!(matches!(outcome, StopOutcome::Exited { .. }));
+//! assert!(!pid_file.exists(), "a clean stop removes the pid file");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Ordering and safety
+//!
+//! - The supervisor runs as a tokio task: create it inside a runtime with I/O and time enabled
+//!   (`lifeline supervise` uses a current-thread runtime). Nothing blocks the runtime except short
+//!   `/proc` reads and the pid file's rename.
+//! - [`Config::subreaper`] (`PR_SET_CHILD_SUBREAPER`) is process-wide and set when the first such
+//!   supervisor starts, *before* the service can fork a successor, so that orphans and successors
+//!   are re-parented to us. The supervisor then reaps only processes in the service's own process
+//!   groups and sessions; other children of the process are left to whoever started them.
+//! - A handover is recognised by the *old* main process sending `MAINPID=<new pid>` before it
+//!   exits. The supervisor reads all queued notifications before it decides that the main process
+//!   crashed, so the order "send, then exit" is enough; the new pid must be alive and belong to the
+//!   service (descend from the old main process or from the supervisor, or share a session).
+//!   Only the current main pid is listened to (systemd's `NotifyAccess=main`); note that an
+//!   unprivileged `systemd-notify` sends as itself, not as its parent.
+//! - Pids are never trusted alone: every watched process is held by a pidfd (signals go through
+//!   it), and adoption compares the process start time.
+//! - After a crash, what is left of the crashed process group is stopped before the restart;
+//!   the supervisor never signals its own process group.
+//! - [`Lifetime::DieWithSupervisor`] uses `PR_SET_PDEATHSIG`, which fires when the *thread* that
+//!   started the process exits: keep the runtime's threads alive as long as the service.
+
+mod config;
+mod error;
+mod event;
+mod exit;
+mod group;
+mod notify;
+mod pidfile;
+mod policy;
+mod signal;
+mod snapshot;
+mod spawn;
+mod supervisor;
+mod sys;
+
+pub use config::{Command, Config, Lifetime, Notify};
+pub use error::Error;
+pub use event::{Event, EventKind, Events};
+pub use exit::{Exit, ExitCause, ExitStatus};
+pub use pidfile::PidFile;
+pub use policy::{Backoff, Decision, GiveUpAfter, RestartOn, RestartPolicy};
+pub use signal::Signal;
+pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
+pub use supervisor::{Finished, State, Status, StopOutcome, Supervised, Supervisor};

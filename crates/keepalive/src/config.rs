@@ -1,0 +1,178 @@
+//! What to run and how to supervise it: [`Command`], [`Config`], [`Lifetime`], [`Notify`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signal::Signal;
+
+/// The command to run: program, arguments, environment, working directory.
+///
+/// Plain UTF-8 strings so a [`Snapshot`](crate::Snapshot) can carry it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The program: a path, or a name looked up in `PATH`.
+    pub program: String,
+    /// Its arguments (not including the program name).
+    pub args: Vec<String>,
+    /// Variables set in its environment (after `env_clear` and `env_remove`).
+    pub env: Vec<(String, String)>,
+    /// Variables removed from the inherited environment.
+    pub env_remove: Vec<String>,
+    /// Start from an empty environment instead of the supervisor's.
+    pub env_clear: bool,
+    /// Its working directory (default: the supervisor's).
+    pub cwd: Option<PathBuf>,
+}
+
+impl Command {
+    /// `program` with no arguments, the supervisor's environment and working directory.
+    pub fn new(program: impl Into<String>) -> Command {
+        Command {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            env_clear: false,
+            cwd: None,
+        }
+    }
+
+    /// Appends an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Command {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Command {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Removes an inherited environment variable.
+    pub fn env_remove(mut self, key: impl Into<String>) -> Command {
+        self.env_remove.push(key.into());
+        self
+    }
+
+    /// Starts from an empty environment.
+    pub fn env_clear(mut self) -> Command {
+        self.env_clear = true;
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Command {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// `program arg1 arg2`, for messages.
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// Whether the service may outlive its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Lifetime {
+    /// The service keeps running when the supervisor exits or dies (the seed's behaviour); a new
+    /// supervisor can [`adopt`](crate::Supervisor::adopt) it from a snapshot. The default.
+    #[default]
+    OutliveSupervisor,
+    /// The kernel sends `signal` to the main process when the supervisor dies
+    /// (`PR_SET_PDEATHSIG`). The signal fires when the *thread* that started the process exits:
+    /// the supervisor starts processes from its own task, which runs on a runtime worker thread
+    /// (the main thread on a current-thread runtime), so keep the runtime alive as long as the
+    /// service. It applies to processes the supervisor starts, not to a successor that becomes
+    /// the main process through `MAINPID=`. [`detach`](crate::Supervised::detach) is refused.
+    DieWithSupervisor {
+        /// The signal the service gets (`SIGKILL` cannot be ignored; `SIGTERM` lets it clean up).
+        signal: Signal,
+    },
+}
+
+/// Readiness notification: serving systemd's `NOTIFY_SOCKET` protocol to the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Notify {
+    /// No `NOTIFY_SOCKET`; the service counts as ready (healthy) as soon as it starts. The default.
+    #[default]
+    Off,
+    /// A unix datagram socket in a private temporary directory (mode 0700); `NOTIFY_SOCKET` is its
+    /// path. Every client accepts it (libsystemd, `systemd-notify`, the sd-notify crate).
+    PrivateDir,
+    /// An abstract unix socket; `NOTIFY_SOCKET=@name`. Nothing on disk, but reachable by any process
+    /// in the same network namespace (messages are still accepted only from the main pid), and
+    /// the sd-notify crate (0.5) does not support it; libsystemd and `systemd-notify` do.
+    Abstract,
+}
+
+impl Notify {
+    /// Whether a socket is served at all.
+    pub fn is_on(self) -> bool {
+        self != Notify::Off
+    }
+}
+
+/// How to supervise. `Config::default()` is the seed's behaviour.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Sent to the service's process group to stop it (default `SIGTERM`).
+    pub stop_signal: Signal,
+    /// How long a stop waits after `stop_signal` before `SIGKILL`ing the group (default 5 s).
+    pub grace: Duration,
+    /// Whether the service may outlive the supervisor (default: it may).
+    pub lifetime: Lifetime,
+    /// When the main process exits on its own (a crash, not a handover), stop what is left of its
+    /// process group (stop signal, grace, `SIGKILL`) before restarting, so that no orphan keeps a
+    /// lock or port the next instance needs (default: on). A process that became the main pid
+    /// through `MAINPID=` is never caught by this.
+    pub stop_group_on_crash: bool,
+    /// Keep the current main pid in this file (written atomically; removed on a clean stop).
+    pub pid_file: Option<PathBuf>,
+    /// Serve `NOTIFY_SOCKET` (default: off). With it, `READY=1` marks the service healthy,
+    /// `MAINPID=` moves supervision to a successor, `WATCHDOG=1` feeds the watchdog.
+    pub notify: Notify,
+    /// Restart the service when it does not send `WATCHDOG=1` at least this often (requires
+    /// `notify`). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`.
+    pub watchdog: Option<Duration>,
+    /// Sent to a service that missed its watchdog deadline (default `SIGABRT`, as systemd);
+    /// `SIGKILL` follows after `grace`.
+    pub watchdog_signal: Signal,
+    /// Become a child subreaper (`PR_SET_CHILD_SUBREAPER`, process-wide): orphaned descendants of
+    /// the service are re-parented to this process instead of init, so a handover successor
+    /// becomes our child when its parent exits (its exit status is then known) and orphans are
+    /// reaped here (default: off; `lifeline supervise` turns it on).
+    pub subreaper: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            stop_signal: Signal::TERM,
+            grace: Duration::from_secs(5),
+            lifetime: Lifetime::OutliveSupervisor,
+            stop_group_on_crash: true,
+            pid_file: None,
+            notify: Notify::Off,
+            watchdog: None,
+            watchdog_signal: Signal::ABRT,
+            subreaper: false,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The error type: one variant per way supervising can fail.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::signal::Signal;
+
+/// Everything that can go wrong while starting, adopting, signalling or stopping a service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A signal name or number did not parse (`SIGNOPE`, `0`).
+    #[error("invalid signal {name:?}")]
+    InvalidSignal {
+        /// The text that was given.
+        name: String,
+    },
+    /// The command could not be started (not found, not executable, bad working directory...).
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// A pidfd could not be opened for a process that exists (the kernel is older than 5.3, or
+    /// the file descriptor limit is reached).
+    #[error("cannot open a pidfd for pid {pid}: {source}")]
+    Pidfd {
+        /// The process.
+        pid: u32,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// The process to adopt is not running any more.
+    #[error("pid {pid} is not running")]
+    NotRunning {
+        /// The pid from the snapshot.
+        pid: u32,
+    },
+    /// The pid from a snapshot now belongs to another process (its start time differs): the
+    /// original process is gone and the pid was reused. Adopting it would signal a stranger.
+    #[error("pid {pid} now belongs to another process (start time {found}, expected {expected})")]
+    PidReused {
+        /// The pid from the snapshot.
+        pid: u32,
+        /// The start time recorded in the snapshot (clock ticks after boot).
+        expected: u64,
+        /// The start time of the process that has this pid now.
+        found: u64,
+    },
+    /// `/proc/<pid>/stat` could not be read or parsed.
+    #[error("cannot read /proc/{pid}/stat: {source}")]
+    ProcStat {
+        /// The process.
+        pid: u32,
+        /// The reason.
+        source: io::Error,
+    },
+    /// The pid file could not be written.
+    #[error("cannot write pid file {path}: {source}")]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// The `NOTIFY_SOCKET` could not be created.
+    #[error("cannot create the notify socket {address}: {source}")]
+    NotifySocket {
+        /// The socket path, or `@name` for an abstract socket.
+        address: String,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
+    #[error("cannot become a child subreaper: {source}")]
+    Subreaper {
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// A signal could not be delivered to the service.
+    #[error("cannot send {signal} to pid {pid}: {source}")]
+    Signal {
+        /// The main pid.
+        pid: u32,
+        /// The signal.
+        signal: Signal,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// `detach()` was refused: the service was started to die with the supervisor
+    /// ([`Lifetime::DieWithSupervisor`](crate::Lifetime::DieWithSupervisor)), so it cannot be
+    /// left running.
+    #[error("cannot detach a service started to die with its supervisor")]
+    DetachRefused,
+    /// A watchdog interval was configured without readiness notification: the service would have
+    /// no socket to send `WATCHDOG=1` to.
+    #[error("a watchdog needs readiness notification (notify) to be on")]
+    WatchdogWithoutNotify,
+    /// No process is running right now (the supervisor is waiting out a restart delay).
+    #[error("no process is running (waiting to restart)")]
+    NothingRunning,
+    /// The supervisor has already finished (it gave up, the service is done, or it was stopped).
+    #[error("the supervisor has finished")]
+    Finished,
+    /// The call needs a tokio runtime (with I/O and time drivers) and there is none.
+    #[error("keepalive must be used inside a tokio runtime with I/O and time enabled")]
+    NoRuntime,
+    /// A snapshot could not be decoded.
+    #[error("invalid snapshot: {reason}")]
+    Snapshot {
+        /// What is wrong with it.
+        reason: String,
+    },
+}

@@ -1,0 +1,127 @@
+//! Tests of the notify socket: the parser (properties) and the socket with real datagrams.
+
+use std::io::IoSlice;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+
+use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn parses_what_systemd_notify_and_libsystemd_send() {
+    let n = Notification::parse("READY=1\nSTATUS=serving 3 clients\nMAINPID=4242\nWATCHDOG=1\n");
+    assert!(n.ready);
+    assert_eq!(n.watchdog, Some(Watchdog::Ping));
+    assert_eq!(n.status.as_deref(), Some("serving 3 clients"));
+    assert_eq!(n.main_pid, Some(Ok(4242)));
+    assert_eq!(Notification::parse("BARRIER=1"), Notification::default());
+    let n = Notification::parse("WATCHDOG=trigger\nWATCHDOG_USEC=250000");
+    assert_eq!(n.watchdog, Some(Watchdog::Trigger));
+    assert_eq!(n.watchdog_usec, Some(250_000));
+}
+
+#[test]
+fn refuses_main_pids_that_cannot_be_a_successor() {
+    for bad in ["0", "1", "-5", "abc", "", "99999999999"] {
+        let n = Notification::parse(&format!("MAINPID={bad}"));
+        assert_eq!(n.main_pid, Some(Err(bad.to_owned())), "MAINPID={bad}");
+    }
+}
+
+fn arb_assignment() -> impl Strategy<Value = (String, String)> {
+    let key = prop_oneof![
+        Just("READY".to_owned()),
+        Just("STATUS".to_owned()),
+        Just("MAINPID".to_owned()),
+        Just("WATCHDOG".to_owned()),
+        Just("WATCHDOG_USEC".to_owned()),
+        Just("STOPPING".to_owned()),
+        "[A-Z_]{1,12}",
+    ];
+    (key, "[^\n]{0,20}")
+}
+
+proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_text(text in any::<String>()) {
+        let _ = Notification::parse(&text);
+    }
+
+    #[test]
+    fn the_last_assignment_of_each_key_wins(assignments in proptest::collection::vec(arb_assignment(), 0..12)) {
+        let text: Vec<String> = assignments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let n = Notification::parse(&text.join("\n"));
+        let last = |key: &str| assignments.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+        prop_assert_eq!(n.ready, last("READY").as_deref() == Some("1"));
+        prop_assert_eq!(n.status, last("STATUS"));
+        match last("MAINPID") {
+            None => prop_assert_eq!(n.main_pid, None),
+            Some(v) => match v.parse::<u32>() {
+                Ok(pid) if pid > 1 && i32::try_from(pid).is_ok() => prop_assert_eq!(n.main_pid, Some(Ok(pid))),
+                _ => prop_assert_eq!(n.main_pid, Some(Err(v))),
+            },
+        }
+    }
+}
+
+#[tokio::test]
+async fn receives_the_senders_pid_and_closes_passed_fds_like_a_barrier_expects() {
+    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let path = server.address().to_owned();
+    let client = UnixDatagram::unbound().expect("client");
+    client.send_to(b"READY=1", &path).expect("send");
+    let msg = server.recv().await.expect("recv");
+    assert_eq!(msg.pid, Some(std::process::id() as i32));
+    assert_eq!(msg.text, "READY=1");
+
+    // BARRIER=1: the client passes the write end of a pipe and waits for POLLHUP on the read end.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    client.connect(&path).expect("connect");
+    let fds = [write_end.as_raw_fd()];
+    sendmsg::<()>(
+        client.as_raw_fd(),
+        &[IoSlice::new(b"BARRIER=1")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sendmsg");
+    drop(write_end);
+    let msg = server.recv().await.expect("recv barrier");
+    assert_eq!(msg.fds, 1);
+    // Every write end is closed now: reading gives EOF at once instead of blocking.
+    let mut buf = [0u8; 1];
+    assert_eq!(nix::unistd::read(&read_end, &mut buf).expect("read"), 0);
+}
+
+#[tokio::test]
+async fn oversized_messages_are_flagged_and_the_socket_file_goes_away_on_drop() {
+    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let path = PathBuf::from(server.address());
+    let client = UnixDatagram::unbound().expect("client");
+    client.send_to(&vec![b'x'; MAX_MESSAGE + 10], &path).expect("send");
+    let msg = server.recv().await.expect("recv");
+    assert!(msg.truncated);
+    assert!(server.try_recv().expect("try_recv").is_none());
+    drop(server);
+    assert!(!path.exists());
+    assert!(!path.parent().expect("dir").exists(), "the private directory is removed too");
+}
+
+#[tokio::test]
+async fn abstract_sockets_work_and_rebinding_a_kept_path_works() {
+    let server = NotifySocket::bind(Notify::Abstract).expect("bind abstract");
+    assert!(server.address().starts_with('@'));
+    let client = UnixDatagram::unbound().expect("client");
+    let addr = SocketAddr::from_abstract_name(&server.address().as_bytes()[1..]).expect("addr");
+    client.send_to_addr(b"STATUS=hi", &addr).expect("send");
+    assert_eq!(server.recv().await.expect("recv").text, "STATUS=hi");
+
+    let kept = NotifySocket::bind(Notify::PrivateDir).expect("bind").keep();
+    assert!(PathBuf::from(&kept).exists(), "keep() leaves the socket file");
+    let again = NotifySocket::rebind(&kept).expect("rebind");
+    client.send_to(b"READY=1", &kept).expect("send");
+    assert_eq!(again.recv().await.expect("recv").text, "READY=1");
+}

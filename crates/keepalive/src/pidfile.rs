@@ -1,0 +1,93 @@
+//! The pid file: always a complete pid, replaced atomically (temp file in the same directory + rename).
+
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::Error;
+
+/// A pid file that readers can trust: every read sees either the previous complete content or
+/// the new complete content, never an empty or partial file.
+///
+/// Each write goes to a temporary file in the same directory, which is then renamed over the
+/// path (`rename(2)` is atomic within a filesystem).
+#[derive(Debug, Clone)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// A pid file at `path` (nothing is written yet).
+    pub fn new(path: impl Into<PathBuf>) -> PidFile {
+        PidFile { path: path.into() }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Atomically replaces the content with `pid` and a newline (mode 0644).
+    pub fn write(&self, pid: u32) -> Result<(), Error> {
+        self.write_inner(pid).map_err(|source| Error::PidFile { path: self.path.clone(), source })
+    }
+
+    fn write_inner(&self, pid: u32) -> io::Result<()> {
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut tmp =
+            tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
+        tmp.write_all(format!("{pid}\n").as_bytes())?;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Reads the pid (`None` if the file is missing or does not hold a pid).
+    pub fn read(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.path).ok()?.trim().parse().ok()
+    }
+
+    /// Removes the file; a missing file is fine.
+    pub fn remove(&self) -> Result<(), Error> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(Error::PidFile { path: self.path.clone(), source: e })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_replaces_and_removes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = PidFile::new(dir.path().join("svc.pid"));
+        assert_eq!(file.read(), None);
+        file.write(42).expect("write");
+        assert_eq!(std::fs::read_to_string(file.path()).expect("read"), "42\n");
+        file.write(43).expect("rewrite");
+        assert_eq!(file.read(), Some(43));
+        let mode = std::fs::metadata(file.path()).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        // No temporary files are left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+        file.remove().expect("remove");
+        file.remove().expect("removing twice is fine");
+        assert!(!file.path().exists());
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_typed_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = PidFile::new(dir.path().join("missing/svc.pid"));
+        assert!(matches!(file.write(1), Err(Error::PidFile { .. })));
+    }
+}

@@ -1,0 +1,102 @@
+//! A detached service, serialised: enough to adopt it later without ever signalling a reused pid.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::config::Command;
+use crate::sys;
+
+/// The snapshot format this version writes and reads.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// A running service that nobody supervises right now, as [`Supervised::detach`](crate::Supervised::detach)
+/// leaves it. Pass it to [`Supervisor::adopt`](crate::Supervisor::adopt) (in this or another
+/// process) to resume.
+///
+/// The pid alone is not an identity (pids are reused); the pid together with the process start
+/// time (`/proc/<pid>/stat` field 22, clock ticks after boot) is. Adoption compares both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`] when written.
+    pub version: u32,
+    /// The main pid.
+    pub pid: u32,
+    /// Its process group.
+    pub pgid: u32,
+    /// Its start time: `/proc/<pid>/stat` field 22, in clock ticks after boot.
+    pub start_time: u64,
+    /// When supervision of it began (started, adopted, or became main), in ms since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The command it was started from (what a restart runs).
+    pub command: Command,
+    /// Whether it had sent `READY=1` (or readiness notification was off).
+    pub ready: bool,
+    /// Its last `STATUS=` text.
+    pub status_text: Option<String>,
+    /// The `NOTIFY_SOCKET` it was given, left in place so an adopter can serve it again.
+    pub notify_socket: Option<String>,
+    /// The pid file the supervisor kept, if any.
+    pub pid_file: Option<PathBuf>,
+}
+
+impl Snapshot {
+    /// Describes a running process that was started from `command` (for adopting a process some
+    /// other tool started). Reads its start time and process group now.
+    pub fn of_process(pid: u32, command: Command) -> Result<Snapshot, Error> {
+        let stat = sys::read_stat(pid as i32).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotRunning { pid },
+            _ => Error::ProcStat { pid, source },
+        })?;
+        Ok(Snapshot {
+            version: SNAPSHOT_VERSION,
+            pid,
+            pgid: stat.pgrp as u32,
+            start_time: stat.start_time,
+            since_unix_ms: unix_ms(std::time::SystemTime::now()),
+            command,
+            ready: true,
+            status_text: None,
+            notify_socket: None,
+            pid_file: None,
+        })
+    }
+
+    /// As one line of JSON.
+    pub fn to_json(&self) -> String {
+        // Serialising plain strings and numbers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a snapshot written by [`Snapshot::to_json`], checking its version.
+    pub fn from_json(text: &str) -> Result<Snapshot, Error> {
+        let snapshot: Snapshot =
+            serde_json::from_str(text).map_err(|e| Error::Snapshot { reason: e.to_string() })?;
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot {
+                reason: format!("version {} (this build reads version {SNAPSHOT_VERSION})", snapshot.version),
+            });
+        }
+        Ok(snapshot)
+    }
+}
+
+pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json_and_refuses_other_versions() {
+        let snap = Snapshot::of_process(std::process::id(), Command::new("me").arg("x")).expect("snapshot");
+        let back = Snapshot::from_json(&snap.to_json()).expect("parse");
+        assert_eq!(back, snap);
+        let newer = snap.to_json().replace("\"version\":1", "\"version\":2");
+        assert!(matches!(Snapshot::from_json(&newer), Err(Error::Snapshot { .. })));
+        assert!(matches!(Snapshot::from_json("{not json"), Err(Error::Snapshot { .. })));
+    }
+}

@@ -1,0 +1,1048 @@
+//! The supervisor: one tokio task per service that starts, watches, restarts, follows and stops it.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::Error;
+use crate::config::{Command, Config, Lifetime};
+use crate::event::{Event, EventKind, Events};
+use crate::exit::{Exit, ExitCause, ExitStatus};
+use crate::group;
+use crate::notify::{Message, Notification, NotifySocket, Watchdog};
+use crate::pidfile::PidFile;
+use crate::policy::{Backoff, Decision, RestartPolicy, humanize};
+use crate::signal::Signal;
+use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, unix_ms};
+use crate::spawn::{SpawnOptions, spawn};
+use crate::sys::{self, Reaped};
+
+/// How many queued notifications are handled before deciding about an exit or a stop.
+const DRAIN_LIMIT: usize = 1024;
+const EVENT_CAPACITY: usize = 256;
+
+/// Builds a supervised service: what to run ([`Command`]), how ([`Config`]), and when to restart
+/// ([`RestartPolicy`], default [`Backoff`]). Then [`spawn`](Supervisor::spawn) it, or
+/// [`adopt`](Supervisor::adopt) one that is already running.
+pub struct Supervisor {
+    command: Command,
+    config: Config,
+    policy: Box<dyn RestartPolicy>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("command", &self.command)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// Supervises `command` with the default [`Config`] and [`Backoff`] policy.
+    pub fn new(command: Command) -> Supervisor {
+        Supervisor { command, config: Config::default(), policy: Box::new(Backoff::default()) }
+    }
+
+    /// Sets the configuration.
+    pub fn config(mut self, config: Config) -> Supervisor {
+        self.config = config;
+        self
+    }
+
+    /// Sets the restart policy.
+    pub fn policy(mut self, policy: impl RestartPolicy) -> Supervisor {
+        self.policy = Box::new(policy);
+        self
+    }
+
+    /// Starts the command and supervises it from a new tokio task.
+    ///
+    /// Fails if the command cannot be started at all (later restarts that fail to start are
+    /// exits the policy decides about), or if the pid file or notify socket cannot be set up.
+    pub fn spawn(self) -> Result<Supervised, Error> {
+        let mut task = Task::new(self)?;
+        if let Err(err) = task.start_main() {
+            if let Some(main) = task.main.take() {
+                // Started, but the pid file cannot be kept: do not leave it running unsupervised.
+                let _ = sys::pidfd_send_signal(main.fd.as_fd(), Signal::KILL);
+                let _ = sys::kill_group(main.pgid, Signal::KILL);
+                // Blocking is fine here: SIGKILL was just sent and the child is ours.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(main.pid), None);
+            }
+            return Err(err);
+        }
+        Ok(task.launch())
+    }
+
+    /// Resumes supervising the process a [`Snapshot`] describes.
+    ///
+    /// The pid must still name the same process: its start time must match the snapshot's,
+    /// otherwise the pid was reused and [`Error::PidReused`] is returned (nothing is signalled).
+    /// The process is watched through a pidfd; when it is not our child its exit status is
+    /// unknowable and is reported as [`ExitStatus::Unknown`]. With notification on, the
+    /// snapshot's `NOTIFY_SOCKET` is served again so the service's messages keep arriving.
+    pub fn adopt(self, snapshot: &Snapshot) -> Result<Supervised, Error> {
+        if snapshot.version != SNAPSHOT_VERSION {
+            return Err(Error::Snapshot { reason: format!("version {}", snapshot.version) });
+        }
+        let notify_address = snapshot.notify_socket.clone();
+        let mut task = Task::new_with_notify(self, notify_address.as_deref())?;
+        let pid = snapshot.pid;
+        let mut proc = Proc::open(pid as i32, Instant::now(), false)?;
+        if proc.start_time != snapshot.start_time {
+            return Err(Error::PidReused { pid, expected: snapshot.start_time, found: proc.start_time });
+        }
+        proc.since_wall = std::time::UNIX_EPOCH + Duration::from_millis(snapshot.since_unix_ms);
+        if snapshot.ready || !task.config.notify.is_on() {
+            proc.ready_at = Some(proc.since);
+        }
+        task.status_text.clone_from(&snapshot.status_text);
+        task.install_main(proc)?;
+        task.emit(EventKind::Adopted { pid });
+        Ok(task.launch())
+    }
+}
+
+/// How a requested stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopOutcome {
+    /// Nothing was running (the supervisor was waiting to restart, or had finished).
+    NotRunning,
+    /// The main process and its group exited within the grace period after the stop signal.
+    Exited {
+        /// The main pid.
+        pid: u32,
+        /// Its exit status ([`ExitStatus::Unknown`] if it was not our child).
+        status: ExitStatus,
+        /// How long the stop took.
+        after: Duration,
+    },
+    /// Something was still running after the grace period; the groups were `SIGKILL`ed.
+    Killed {
+        /// The main pid.
+        pid: u32,
+        /// Its exit status ([`ExitStatus::Unknown`] if it was not our child).
+        status: ExitStatus,
+        /// How long the stop took.
+        after: Duration,
+    },
+}
+
+/// Why a supervisor finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Finished {
+    /// It was stopped on request.
+    Stopped(StopOutcome),
+    /// It was detached; the service keeps running.
+    Detached(Box<Snapshot>),
+    /// The service exited successfully and the policy does not restart it.
+    Done {
+        /// The last exit status.
+        last: ExitStatus,
+    },
+    /// The policy gave up.
+    GaveUp {
+        /// Why, e.g. `5 failures within 10s`.
+        reason: String,
+        /// The last exit status.
+        last: ExitStatus,
+    },
+    /// Every [`Supervised`] handle was dropped: the service was left running
+    /// ([`Lifetime::OutliveSupervisor`]) or stopped ([`Lifetime::DieWithSupervisor`]).
+    Abandoned,
+}
+
+/// What the supervisor is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum State {
+    /// The main process is running.
+    Running,
+    /// Waiting out a restart delay.
+    BackingOff,
+    /// Stopping the service.
+    Stopping,
+    /// Finished (see [`Finished`]).
+    Finished,
+}
+
+/// A point-in-time view of the service, for status output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Status {
+    /// The current main pid (`None` while waiting to restart, or after finishing).
+    pub pid: Option<u32>,
+    /// What the supervisor is doing.
+    pub state: State,
+    /// Whether the main process is ready (`READY=1`, or notification is off).
+    pub ready: bool,
+    /// The last `STATUS=` text.
+    pub text: Option<String>,
+    /// How many times the command has been started.
+    pub starts: u32,
+    /// How many times the main pid moved to a successor (`MAINPID=`).
+    pub main_pid_changes: u32,
+    /// The status of the last exit, if any.
+    pub last_exit: Option<ExitStatus>,
+}
+
+enum Request {
+    Stop,
+    Detach(oneshot::Sender<Result<(), Error>>),
+    Signal(Signal, oneshot::Sender<Result<(), Error>>),
+}
+
+/// A running supervisor: its events, status and controls.
+///
+/// Dropping it abandons the service: with [`Lifetime::OutliveSupervisor`] it keeps running
+/// unsupervised, with [`Lifetime::DieWithSupervisor`] it is stopped. Call
+/// [`stop`](Supervised::stop) or [`detach`](Supervised::detach) to choose explicitly.
+#[derive(Debug)]
+pub struct Supervised {
+    requests: mpsc::Sender<Request>,
+    events: broadcast::Sender<Event>,
+    first_events: Mutex<Option<broadcast::Receiver<Event>>>,
+    status: watch::Receiver<Status>,
+    task: JoinHandle<Finished>,
+    finished: Option<Finished>,
+}
+
+impl Supervised {
+    /// Subscribes to events. The first call receives every event since the start (including
+    /// `Started`/`Adopted`); later calls receive events from now on.
+    pub fn events(&self) -> Events {
+        let first = self.first_events.lock().ok().and_then(|mut f| f.take());
+        Events { rx: first.unwrap_or_else(|| self.events.subscribe()) }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// The current main pid (`None` while waiting to restart or after finishing).
+    pub fn pid(&self) -> Option<u32> {
+        self.status.borrow().pid
+    }
+
+    /// Sends `signal` to the current main process (not its group) through its pidfd.
+    pub async fn signal(&self, signal: Signal) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Signal(signal, tx)).await.map_err(|_| Error::Finished)?;
+        rx.await.map_err(|_| Error::Finished)?
+    }
+
+    /// Waits until the supervisor finishes on its own (it gave up, or the service is done) and
+    /// says why. Cancel-safe.
+    pub async fn wait(&mut self) -> Finished {
+        if let Some(finished) = &self.finished {
+            return finished.clone();
+        }
+        let finished = (&mut self.task).await.unwrap_or(Finished::Abandoned);
+        self.finished = Some(finished.clone());
+        finished
+    }
+
+    /// Stops the service: the stop signal to its process group (and to any previous main process
+    /// still draining after a handover), `SIGKILL` after the grace period; removes the pid file.
+    pub async fn stop(mut self) -> Result<StopOutcome, Error> {
+        // If the task has already finished, the send fails and `wait` reports why.
+        let _ = self.requests.send(Request::Stop).await;
+        Ok(match self.wait().await {
+            Finished::Stopped(outcome) => outcome,
+            _ => StopOutcome::NotRunning,
+        })
+    }
+
+    /// Stops supervising and leaves the service running; returns what [`Supervisor::adopt`] needs
+    /// to resume. The pid file stays; the notify socket file stays for the adopter.
+    ///
+    /// Refused ([`Error::DetachRefused`]) for a service started with
+    /// [`Lifetime::DieWithSupervisor`], and while nothing runs ([`Error::NothingRunning`]); after a
+    /// refusal supervision simply goes on. After a successful detach the handle is finished
+    /// ([`wait`](Supervised::wait) returns [`Finished::Detached`]).
+    pub async fn detach(&mut self) -> Result<Snapshot, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Detach(tx)).await.map_err(|_| Error::Finished)?;
+        rx.await.map_err(|_| Error::Finished)??;
+        match self.wait().await {
+            Finished::Detached(snapshot) => Ok(*snapshot),
+            _ => Err(Error::Finished),
+        }
+    }
+}
+
+/// One process the supervisor watches: the main process, or a previous one still draining.
+struct Proc {
+    pid: i32,
+    fd: AsyncFd<OwnedFd>,
+    pgid: i32,
+    session: i32,
+    start_time: u64,
+    /// When supervision of this process began (start, adoption, or becoming main).
+    since: Instant,
+    since_wall: SystemTime,
+    ready_at: Option<Instant>,
+}
+
+impl Proc {
+    /// Opens a pidfd first, then reads `/proc` (so the start time read is that of the process the
+    /// pidfd refers to, or of none). A zombie is refused unless `zombie_ok` (our own fresh child).
+    fn open(pid: i32, since: Instant, zombie_ok: bool) -> Result<Proc, Error> {
+        let upid = pid as u32;
+        let fd = sys::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) => Error::NotRunning { pid: upid },
+            _ => Error::Pidfd { pid: upid, source },
+        })?;
+        let stat = sys::read_stat(pid).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => Error::NotRunning { pid: upid },
+            _ => Error::ProcStat { pid: upid, source },
+        })?;
+        if stat.is_zombie() && !zombie_ok {
+            return Err(Error::NotRunning { pid: upid });
+        }
+        let fd = sys::async_fd(fd).map_err(|source| Error::Pidfd { pid: upid, source })?;
+        Ok(Proc {
+            pid,
+            fd,
+            pgid: stat.pgrp,
+            session: stat.session,
+            start_time: stat.start_time,
+            since,
+            since_wall: SystemTime::now(),
+            ready_at: None,
+        })
+    }
+}
+
+/// What ended a stretch of supervising the main process.
+enum Outcome {
+    Exited { pid: i32, pgid: i32, exit: Exit },
+    Stop,
+    Detach(oneshot::Sender<Result<(), Error>>),
+    Abandoned,
+}
+
+/// What woke the supervisor up.
+enum Wake {
+    Notify(io::Result<Message>),
+    MainExited,
+    RetiredExited(usize),
+    Child,
+    Request(Option<Request>),
+    Watchdog,
+}
+
+struct Task {
+    command: Command,
+    config: Config,
+    policy: Box<dyn RestartPolicy>,
+    events: broadcast::Sender<Event>,
+    first_events: Option<broadcast::Receiver<Event>>,
+    status: watch::Sender<Status>,
+    requests: mpsc::Receiver<Request>,
+    notify: Option<NotifySocket>,
+    sigchld: Option<tokio::signal::unix::Signal>,
+    pid_file: Option<PidFile>,
+    own_pid: i32,
+    own_pgid: i32,
+    /// Process groups and sessions of every main process so far: where orphans are reaped and
+    /// leftovers are stopped.
+    pgids: BTreeSet<i32>,
+    sessions: BTreeSet<i32>,
+    /// Exit statuses collected while reaping orphans, for processes we also watch by pidfd.
+    reaped: HashMap<i32, ExitStatus>,
+    main: Option<Proc>,
+    retired: Vec<Proc>,
+    status_text: Option<String>,
+    watchdog_interval: Option<Duration>,
+    watchdog_deadline: Option<Instant>,
+    starts: u32,
+    main_pid_changes: u32,
+    last_exit: Option<ExitStatus>,
+}
+
+impl Task {
+    fn new(sup: Supervisor) -> Result<Task, Error> {
+        Self::new_with_notify(sup, None)
+    }
+
+    fn new_with_notify(sup: Supervisor, adopt_notify: Option<&str>) -> Result<Task, Error> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        let Supervisor { command, config, policy } = sup;
+        if config.watchdog.is_some() && !config.notify.is_on() {
+            return Err(Error::WatchdogWithoutNotify);
+        }
+        if config.subreaper {
+            sys::set_child_subreaper().map_err(|source| Error::Subreaper { source })?;
+        }
+        let notify = if config.notify.is_on() {
+            Some(match adopt_notify {
+                Some(address) => NotifySocket::rebind(address).or_else(|err| {
+                    tracing::warn!(%err, "cannot serve the adopted service's notify socket again; using a new one");
+                    NotifySocket::bind(config.notify)
+                })?,
+                None => NotifySocket::bind(config.notify)?,
+            })
+        } else {
+            None
+        };
+        let sigchld = if config.subreaper {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                Ok(signal) => Some(signal),
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGCHLD; orphans will not be reaped");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (events, first_events) = broadcast::channel(EVENT_CAPACITY);
+        // Replaced in `launch`; until then nothing can send.
+        let (_, requests) = mpsc::channel(1);
+        let status = watch::Sender::new(Status {
+            pid: None,
+            state: State::Running,
+            ready: false,
+            text: None,
+            starts: 0,
+            main_pid_changes: 0,
+            last_exit: None,
+        });
+        Ok(Task {
+            command,
+            pid_file: config.pid_file.clone().map(PidFile::new),
+            watchdog_interval: config.watchdog,
+            config,
+            policy,
+            events,
+            first_events: Some(first_events),
+            status,
+            requests,
+            notify,
+            sigchld,
+            own_pid: std::process::id() as i32,
+            own_pgid: nix::unistd::getpgrp().as_raw(),
+            pgids: BTreeSet::new(),
+            sessions: BTreeSet::new(),
+            reaped: HashMap::new(),
+            main: None,
+            retired: Vec::new(),
+            status_text: None,
+            watchdog_deadline: None,
+            starts: 0,
+            main_pid_changes: 0,
+            last_exit: None,
+        })
+    }
+
+    fn launch(mut self) -> Supervised {
+        // The task must not hold a sender itself, or it would never see every handle dropped.
+        let (requests, receiver) = mpsc::channel(16);
+        self.requests = receiver;
+        let events = self.events.clone();
+        let status = self.status.subscribe();
+        // Subscribed when the channel was made: it holds the Started/Adopted event already sent.
+        let first_events = self.first_events.take();
+        let task = tokio::spawn(self.run());
+        Supervised { requests, events, first_events: Mutex::new(first_events), status, task, finished: None }
+    }
+
+    // ---- starting ---------------------------------------------------------------------------
+
+    /// Starts the command as the new main process. An [`Error::PidFile`] means it *was* started
+    /// (and is the main process) but the pid file could not be written.
+    fn start_main(&mut self) -> Result<(), Error> {
+        let death_signal = match self.config.lifetime {
+            Lifetime::DieWithSupervisor { signal } => Some(signal),
+            Lifetime::OutliveSupervisor => None,
+        };
+        let options = SpawnOptions {
+            notify_socket: self.notify.as_ref().map(NotifySocket::address),
+            watchdog: self.watchdog_interval,
+            death_signal,
+        };
+        // Taken before the fork: a runtime is never shorter than the process really lived.
+        let started = Instant::now();
+        let pid = spawn(&self.command, &options)
+            .map_err(|source| Error::Spawn { program: self.command.program.clone(), source })?;
+        // Our child cannot be reaped by anyone else, so even if it already exited its pid is still
+        // its own (a zombie) and the pidfd reports the exit at once.
+        let mut proc = Proc::open(pid as i32, started, true)?;
+        if !self.config.notify.is_on() {
+            proc.ready_at = Some(proc.since);
+        }
+        self.starts += 1;
+        let installed = self.install_main(proc);
+        self.emit(EventKind::Started { pid, attempt: self.starts });
+        installed
+    }
+
+    /// Makes `proc` the main process: groups, pid file, watchdog, status. It is installed even if
+    /// the pid file cannot be written (that error is returned).
+    fn install_main(&mut self, proc: Proc) -> Result<(), Error> {
+        if proc.pgid != self.own_pgid {
+            self.pgids.insert(proc.pgid);
+        }
+        self.sessions.insert(proc.session);
+        let written = self.pid_file.as_ref().map_or(Ok(()), |pid_file| pid_file.write(proc.pid as u32));
+        self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
+        self.main = Some(proc);
+        self.publish(State::Running);
+        written
+    }
+
+    // ---- the loop ---------------------------------------------------------------------------
+
+    async fn run(mut self) -> Finished {
+        loop {
+            let finished = match self.supervise_main().await {
+                Outcome::Exited { pid, pgid, exit } => match self.after_exit(pid, pgid, exit).await {
+                    Some(finished) => finished,
+                    None => continue,
+                },
+                Outcome::Stop => {
+                    let outcome = self.stop().await;
+                    self.emit(EventKind::Stopped { outcome: outcome.clone() });
+                    Finished::Stopped(outcome)
+                }
+                Outcome::Detach(reply) => match self.detach() {
+                    Ok(snapshot) => {
+                        let _ = reply.send(Ok(()));
+                        Finished::Detached(Box::new(snapshot))
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(err));
+                        continue;
+                    }
+                },
+                Outcome::Abandoned => self.abandon().await,
+            };
+            self.publish(State::Finished);
+            return finished;
+        }
+    }
+
+    /// Watches the main process until it exits or a request ends supervision.
+    async fn supervise_main(&mut self) -> Outcome {
+        loop {
+            match self.next_wake().await {
+                Wake::Notify(Ok(message)) => self.on_message(&message),
+                Wake::Notify(Err(err)) => tracing::warn!(%err, "notify socket receive failed"),
+                Wake::MainExited => {
+                    // A MAINPID= sent just before the old main exited is already queued: handle
+                    // it first, or a handover would look like a crash.
+                    let before = self.main.as_ref().map(|m| m.pid);
+                    self.drain_notify();
+                    if self.main.as_ref().map(|m| m.pid) != before {
+                        continue;
+                    }
+                    if let Some(main) = self.main.take() {
+                        let status = self.collect_status(main.pid);
+                        return Outcome::Exited {
+                            pid: main.pid,
+                            pgid: main.pgid,
+                            exit: exit_of(&main, status, ExitCause::OnItsOwn),
+                        };
+                    }
+                }
+                Wake::RetiredExited(index) => {
+                    let old = self.retired.swap_remove(index);
+                    let status = self.collect_status(old.pid);
+                    tracing::info!(pid = old.pid, %status, "previous main process exited");
+                }
+                Wake::Child => self.reap_orphans(),
+                Wake::Request(Some(Request::Signal(signal, reply))) => {
+                    let _ = reply.send(self.signal_main(signal));
+                }
+                Wake::Request(Some(Request::Stop)) => return Outcome::Stop,
+                Wake::Request(Some(Request::Detach(reply))) => return Outcome::Detach(reply),
+                Wake::Request(None) => return Outcome::Abandoned,
+                Wake::Watchdog => {
+                    if let Some(outcome) = self.watchdog_expired().await {
+                        return outcome;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn next_wake(&mut self) -> Wake {
+        let deadline = self.watchdog_deadline;
+        tokio::select! {
+            message = recv_notify(self.notify.as_ref()) => Wake::Notify(message),
+            () = exited(self.main.as_ref().map(|m| &m.fd)) => Wake::MainExited,
+            index = any_exited(&self.retired) => Wake::RetiredExited(index),
+            () = next_signal(self.sigchld.as_mut()) => Wake::Child,
+            request = self.requests.recv() => Wake::Request(request),
+            () = sleep_until(deadline) => Wake::Watchdog,
+        }
+    }
+
+    /// After an exit: stop leftovers, ask the policy, wait, restart. `None` means "running again".
+    async fn after_exit(&mut self, pid: i32, group: i32, mut exit: Exit) -> Option<Finished> {
+        loop {
+            self.last_exit = Some(exit.status);
+            if !matches!(exit.cause, ExitCause::SpawnFailed { .. }) {
+                tracing::warn!(pid, status = %exit.status, runtime = %humanize(exit.runtime), "service exited");
+                self.emit(EventKind::Exited { pid: pid as u32, status: exit.status, runtime: exit.runtime });
+            }
+            if exit.cause == ExitCause::OnItsOwn && self.config.stop_group_on_crash {
+                self.stop_leftovers(group).await;
+            }
+            if self.config.subreaper {
+                self.reap_orphans();
+            }
+            match self.policy.decide(&exit) {
+                Decision::Restart { after } => {
+                    if !after.is_zero() {
+                        let attempt = self.starts + 1;
+                        tracing::info!(delay = %humanize(after), attempt, "restarting after a delay");
+                        self.emit(EventKind::Backoff { delay: after, attempt });
+                        if let Some(finished) = self.backoff(after).await {
+                            return Some(finished);
+                        }
+                    }
+                    match self.start_main() {
+                        Ok(()) => return None,
+                        Err(err @ Error::PidFile { .. }) => {
+                            tracing::error!(%err, "cannot update the pid file");
+                            return None;
+                        }
+                        Err(err) => {
+                            tracing::error!(%err, "restart failed");
+                            let now = Instant::now();
+                            exit = Exit {
+                                status: ExitStatus::Unknown,
+                                cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                                runtime: Duration::ZERO,
+                                healthy: Duration::ZERO,
+                                at: now,
+                            };
+                        }
+                    }
+                }
+                Decision::Done => {
+                    self.remove_pid_file();
+                    self.emit(EventKind::Done { last: exit.status });
+                    return Some(Finished::Done { last: exit.status });
+                }
+                Decision::GiveUp { reason } => {
+                    tracing::error!(%reason, last = %exit.status, "giving up");
+                    self.remove_pid_file();
+                    self.emit(EventKind::GaveUp { reason: reason.clone(), last: exit.status });
+                    return Some(Finished::GaveUp { reason, last: exit.status });
+                }
+            }
+        }
+    }
+
+    /// Waits `delay` before a restart, still answering requests and reaping.
+    async fn backoff(&mut self, delay: Duration) -> Option<Finished> {
+        self.publish(State::BackingOff);
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return None,
+                request = self.requests.recv() => match request {
+                    Some(Request::Stop) => {
+                        self.remove_pid_file();
+                        self.emit(EventKind::Stopped { outcome: StopOutcome::NotRunning });
+                        return Some(Finished::Stopped(StopOutcome::NotRunning));
+                    }
+                    Some(Request::Detach(reply) | Request::Signal(_, reply)) => {
+                        let _ = reply.send(Err(Error::NothingRunning));
+                    }
+                    None => return Some(Finished::Abandoned),
+                },
+                // Nobody is the main process: every message is refused, but fds must be closed.
+                message = recv_notify(self.notify.as_ref()) => if let Ok(message) = message { self.on_message(&message) },
+                index = any_exited(&self.retired) => {
+                    let old = self.retired.swap_remove(index);
+                    let status = self.collect_status(old.pid);
+                    tracing::info!(pid = old.pid, %status, "previous main process exited");
+                }
+                () = next_signal(self.sigchld.as_mut()) => self.reap_orphans(),
+            }
+        }
+    }
+
+    // ---- notifications ----------------------------------------------------------------------
+
+    fn drain_notify(&mut self) {
+        for _ in 0..DRAIN_LIMIT {
+            let Some(socket) = &self.notify else { return };
+            match socket.try_recv() {
+                Ok(Some(message)) => self.on_message(&message),
+                Ok(None) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "notify socket receive failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: &Message) {
+        if message.truncated {
+            tracing::warn!(pid = ?message.pid, "ignoring an oversized notification");
+            return;
+        }
+        let Some(main_pid) = self.main.as_ref().map(|m| m.pid) else {
+            tracing::debug!(sender = ?message.pid, "ignoring a notification: no main process");
+            return;
+        };
+        if message.pid != Some(main_pid) {
+            // systemd's NotifyAccess=main: only the main process speaks for the service.
+            tracing::debug!(sender = ?message.pid, main_pid, "ignoring a notification from a process that is not the main pid");
+            return;
+        }
+        let note = Notification::parse(&message.text);
+        tracing::debug!(pid = main_pid, fds = message.fds, text = %message.text.trim_end(), "notification");
+        // systemd applies MAINPID= before READY=1 of the same message.
+        match note.main_pid {
+            Some(Ok(new)) => self.follow(new as i32),
+            Some(Err(text)) => tracing::warn!(%text, "ignoring an invalid MAINPID="),
+            None => {}
+        }
+        let now = Instant::now();
+        if note.ready
+            && let Some(main) = self.main.as_mut()
+            && main.ready_at.is_none()
+        {
+            main.ready_at = Some(now);
+            let pid = main.pid as u32;
+            tracing::info!(pid, "service is ready");
+            self.emit(EventKind::Ready { pid });
+        }
+        if let Some(text) = note.status {
+            self.status_text = Some(text.clone());
+            self.emit(EventKind::Status { pid: main_pid as u32, text });
+        }
+        if let Some(usec) = note.watchdog_usec {
+            self.watchdog_interval = Some(Duration::from_micros(usec));
+            self.watchdog_deadline = Some(now + Duration::from_micros(usec));
+        }
+        match note.watchdog {
+            Some(Watchdog::Ping) => {
+                if let Some(interval) = self.watchdog_interval {
+                    self.watchdog_deadline = Some(now + interval);
+                }
+            }
+            Some(Watchdog::Trigger) => self.watchdog_deadline = Some(now),
+            None => {}
+        }
+        if note.stopping {
+            tracing::info!(pid = main_pid, "service is stopping");
+        }
+        if note.reloading {
+            tracing::info!(pid = main_pid, "service is reloading");
+        }
+        self.publish(State::Running);
+    }
+
+    /// `MAINPID=new` from the current main process: supervision moves to `new`. No restart, no
+    /// backoff; the previous main process may keep running a while to drain.
+    fn follow(&mut self, new: i32) {
+        let Some(old) = self.main.as_ref() else { return };
+        if new == old.pid {
+            return;
+        }
+        let old_ready = old.ready_at.is_some();
+        // Like systemd's cgroup check: the new main pid must belong to the service. It descends from
+        // the current main process, or lives in one of the service's sessions, or (as subreaper)
+        // was re-parented to us because its parent, the old main process, has already exited.
+        let belongs = sys::descends_from(new, &[old.pid])
+            || sys::read_stat(new).is_ok_and(|s| {
+                self.sessions.contains(&s.session) || (self.config.subreaper && s.ppid == self.own_pid)
+            });
+        if !belongs {
+            tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
+            return;
+        }
+        let mut proc = match Proc::open(new, Instant::now(), false) {
+            Ok(proc) => proc,
+            Err(err) => {
+                tracing::warn!(new, %err, "ignoring MAINPID=: not a running process");
+                return;
+            }
+        };
+        if old_ready || !self.config.notify.is_on() {
+            proc.ready_at = Some(proc.since);
+        }
+        let old_pid = old.pid;
+        if let Some(previous) = self.main.take() {
+            self.retired.push(previous);
+        }
+        self.main_pid_changes += 1;
+        tracing::info!(old = old_pid, new, "following the new main pid");
+        if let Err(err) = self.install_main(proc) {
+            tracing::error!(%err, "cannot update the pid file");
+        }
+        self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
+    }
+
+    // ---- exits, reaping, stopping -----------------------------------------------------------
+
+    /// The exit status of a process whose pidfd fired.
+    fn collect_status(&mut self, pid: i32) -> ExitStatus {
+        if let Some(status) = self.reaped.remove(&pid) {
+            return status;
+        }
+        match sys::try_reap(pid) {
+            Reaped::Exited(status) => status,
+            Reaped::NotOurChild => ExitStatus::Unknown,
+            Reaped::Running => {
+                tracing::debug!(pid, "pidfd fired but the child is not reapable yet");
+                ExitStatus::Unknown
+            }
+        }
+    }
+
+    /// As a subreaper, reaps the service's orphans (processes in its groups or sessions that were
+    /// re-parented to us), keeping the statuses of processes we also watch.
+    fn reap_orphans(&mut self) {
+        let watched: Vec<i32> = self.main.iter().chain(&self.retired).map(|p| p.pid).collect();
+        let mut found = Vec::new();
+        for &pgid in &self.pgids {
+            sys::reap_group(pgid, |pid, status| found.push((pid, status)));
+        }
+        // Orphans that moved to a group of their own but stayed in the service's session.
+        for child in sys::own_children().unwrap_or_default() {
+            if let Ok(stat) = sys::read_stat(child)
+                && stat.is_zombie()
+                && self.sessions.contains(&stat.session)
+                && let Reaped::Exited(status) = sys::try_reap(child)
+            {
+                found.push((child, status));
+            }
+        }
+        for (pid, status) in found {
+            if watched.contains(&pid) {
+                self.reaped.insert(pid, status);
+            } else {
+                tracing::debug!(pid, %status, "reaped an orphan");
+            }
+        }
+        // Forget groups that are empty and belong to nobody we watch.
+        let keep: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.pgid).collect();
+        self.pgids.retain(|pgid| keep.contains(pgid) || sys::kill_group(*pgid, Signal::from_raw(0)).is_ok());
+    }
+
+    /// After a crash: stop what is left of the crashed main process's group.
+    async fn stop_leftovers(&mut self, pgid: i32) {
+        if pgid == self.own_pgid || pgid <= 1 {
+            return;
+        }
+        let groups = BTreeSet::from([pgid]);
+        if sys::group_members(&groups).iter().all(sys::ProcStat::is_zombie) {
+            return;
+        }
+        tracing::info!(pgid, "stopping what is left of the crashed process group");
+        let killed = group::terminate(&[], &groups, self.config.stop_signal, self.config.grace).await;
+        self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed });
+    }
+
+    async fn watchdog_expired(&mut self) -> Option<Outcome> {
+        let main = self.main.take()?;
+        tracing::warn!(pid = main.pid, "watchdog timeout: the service stopped sending WATCHDOG=1");
+        self.emit(EventKind::WatchdogTimeout { pid: main.pid as u32 });
+        self.watchdog_deadline = None;
+        let groups = self.signalable(&[main.pgid]);
+        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
+        group::terminate(&[target], &groups, self.config.watchdog_signal, self.config.grace).await;
+        let status = self.collect_status(main.pid);
+        Some(Outcome::Exited {
+            pid: main.pid,
+            pgid: main.pgid,
+            exit: exit_of(&main, status, ExitCause::WatchdogTimeout),
+        })
+    }
+
+    async fn stop(&mut self) -> StopOutcome {
+        self.drain_notify();
+        self.publish(State::Stopping);
+        let Some(main) = self.main.take() else {
+            self.remove_pid_file();
+            return StopOutcome::NotRunning;
+        };
+        let retired = std::mem::take(&mut self.retired);
+        let pgids: Vec<i32> = std::iter::once(main.pgid).chain(retired.iter().map(|r| r.pgid)).collect();
+        let groups = self.signalable(&pgids);
+        let targets: Vec<group::Target<'_>> = std::iter::once(&main)
+            .chain(&retired)
+            .map(|p| group::Target { pidfd: &p.fd, pgid: p.pgid })
+            .collect();
+        let began = Instant::now();
+        tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
+        let killed = group::terminate(&targets, &groups, self.config.stop_signal, self.config.grace).await;
+        let after = began.elapsed();
+        // Our own processes first: reaping orphans would take (and drop) their statuses.
+        let status = self.collect_status(main.pid);
+        for old in &retired {
+            let old_status = self.collect_status(old.pid);
+            tracing::debug!(pid = old.pid, status = %old_status, "previous main process stopped");
+        }
+        if self.config.subreaper {
+            self.reap_orphans();
+        }
+        self.remove_pid_file();
+        let pid = main.pid as u32;
+        if killed {
+            StopOutcome::Killed { pid, status, after }
+        } else {
+            StopOutcome::Exited { pid, status, after }
+        }
+    }
+
+    fn detach(&mut self) -> Result<Snapshot, Error> {
+        if matches!(self.config.lifetime, Lifetime::DieWithSupervisor { .. }) {
+            return Err(Error::DetachRefused);
+        }
+        self.drain_notify();
+        let main = self.main.as_ref().ok_or(Error::NothingRunning)?;
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            pid: main.pid as u32,
+            pgid: main.pgid as u32,
+            start_time: main.start_time,
+            since_unix_ms: unix_ms(main.since_wall),
+            command: self.command.clone(),
+            ready: main.ready_at.is_some(),
+            status_text: self.status_text.clone(),
+            notify_socket: self.notify.take().map(NotifySocket::keep),
+            pid_file: self.config.pid_file.clone(),
+        };
+        self.emit(EventKind::Detached { pid: snapshot.pid });
+        self.main = None;
+        Ok(snapshot)
+    }
+
+    /// Every handle is gone: leave the service running, or stop it if it was meant to die with us.
+    async fn abandon(&mut self) -> Finished {
+        if matches!(self.config.lifetime, Lifetime::DieWithSupervisor { .. }) {
+            let outcome = self.stop().await;
+            self.emit(EventKind::Stopped { outcome });
+        } else if let Some(main) = &self.main {
+            tracing::info!(pid = main.pid, "supervisor handle dropped; leaving the service running");
+        }
+        Finished::Abandoned
+    }
+
+    fn signal_main(&self, signal: Signal) -> Result<(), Error> {
+        let main = self.main.as_ref().ok_or(Error::NothingRunning)?;
+        sys::pidfd_send_signal(main.fd.as_fd(), signal).map_err(|source| Error::Signal {
+            pid: main.pid as u32,
+            signal,
+            source,
+        })
+    }
+
+    /// The groups among `pgids` that may be signalled: never our own.
+    fn signalable(&self, pgids: &[i32]) -> BTreeSet<i32> {
+        pgids.iter().copied().filter(|g| *g != self.own_pgid && *g > 1).collect()
+    }
+
+    fn remove_pid_file(&self) {
+        if let Some(pid_file) = &self.pid_file
+            && let Err(err) = pid_file.remove()
+        {
+            tracing::warn!(%err, "cannot remove the pid file");
+        }
+    }
+
+    // ---- reporting --------------------------------------------------------------------------
+
+    fn emit(&self, kind: EventKind) {
+        tracing::debug!(?kind, "event");
+        // No subscriber is fine: events are also logged.
+        let _ = self.events.send(Event { at: Instant::now(), kind });
+    }
+
+    fn publish(&self, state: State) {
+        let main = self.main.as_ref();
+        self.status.send_replace(Status {
+            pid: main.map(|m| m.pid as u32),
+            state,
+            ready: main.is_some_and(|m| m.ready_at.is_some()),
+            text: self.status_text.clone(),
+            starts: self.starts,
+            main_pid_changes: self.main_pid_changes,
+            last_exit: self.last_exit,
+        });
+    }
+}
+
+fn exit_of(proc: &Proc, status: ExitStatus, cause: ExitCause) -> Exit {
+    let at = Instant::now();
+    Exit {
+        status,
+        cause,
+        runtime: at.saturating_duration_since(proc.since),
+        healthy: proc.ready_at.map_or(Duration::ZERO, |ready| at.saturating_duration_since(ready)),
+        at,
+    }
+}
+
+/// Resolves when the pidfd is readable (the process exited); never if there is none.
+async fn exited(fd: Option<&AsyncFd<OwnedFd>>) {
+    match fd {
+        // An error from the reactor means the fd is unusable; treat it like an exit so the
+        // supervisor looks (waitpid tells the truth) rather than hanging.
+        Some(fd) => drop(fd.readable().await),
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the index of a process in `procs` that has exited.
+fn any_exited(procs: &[Proc]) -> impl Future<Output = usize> + '_ {
+    poll_fn(move |cx| {
+        for (index, proc) in procs.iter().enumerate() {
+            if proc.fd.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(index);
+            }
+        }
+        Poll::Pending
+    })
+}
+
+async fn recv_notify(socket: Option<&NotifySocket>) -> io::Result<Message> {
+    match socket {
+        Some(socket) => socket.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_signal(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            if signal.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
