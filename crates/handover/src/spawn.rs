@@ -71,6 +71,10 @@ fn spawn(shared: &Shared, state_rx: &OwnedFd, ready_tx: &OwnedFd) -> Result<Chil
         .env_remove(LISTEN_PID)
         .env_remove(LISTEN_FDS)
         .env_remove(LISTEN_FDNAMES)
+        // WATCHDOG_PID names this process: left as it is, libsystemd and sd-notify in the
+        // successor would consider the watchdog meant for someone else and never ping it.
+        // Without it, WATCHDOG_USEC applies to whoever reads it, which the successor is.
+        .env_remove("WATCHDOG_PID")
         .stdin(Stdio::null())
         // Its own process group: a failed successor is killed together with its children.
         .process_group(0)
