@@ -119,13 +119,14 @@ pub(crate) fn line_chart(
             let _ = write!(d, "{}{:.1},{:.1} ", if j == 0 { "M" } else { "L" }, sx(x), sy(y));
         }
         let _ = writeln!(svg, r#"<path d="{d}" stroke="{colour}" stroke-width="1.6" fill="none"/>"#);
-        let ly = TOP + 6.0 + i as f64 * 16.0;
+        // The legend runs along the bottom edge, clear of the plot and the markers' labels.
+        let lx = LEFT + i as f64 * 190.0;
+        let ly = H - 8.0;
         let _ = writeln!(
             svg,
-            r#"<rect x="{}" y="{ly}" width="12" height="3" fill="{colour}"/><text x="{}" y="{}">{}</text>"#,
-            W - RIGHT - 200.0,
-            W - RIGHT - 184.0,
-            ly + 5.0,
+            r#"<rect x="{lx}" y="{}" width="12" height="3" fill="{colour}"/><text x="{}" y="{ly}">{}</text>"#,
+            ly - 4.0,
+            lx + 16.0,
             esc(s.name)
         );
     }

@@ -167,6 +167,8 @@ impl Demo {
             self.port
         );
 
+        // Phases and events are timed from the same moment as the load's samples.
+        self.start = Instant::now();
         let load = Load::start(&LoadConfig {
             addr: self.addr(),
             server_name: "localhost".into(),
@@ -185,34 +187,39 @@ impl Demo {
             path: "/".into(),
             pause: Duration::from_millis(4),
         });
-        self.start = Instant::now();
         load.wait_for_more(50).await;
+        dwell().await;
         let mut phases = Vec::new();
 
         // 1. dirlock.
         let t = self.start.elapsed();
         let notes = self.second_instance_is_refused(&server, first_pid)?;
         phases.push(self.phase("1 dirlock: second instance refused", t, notes, true));
+        dwell().await;
 
         // 2. certwatch.
         let t = self.start.elapsed();
         let (notes, ok) = self.rotate_certificate(&v1, &v2, &roots).await?;
         phases.push(self.phase("2 certwatch: certificate rotated", t, notes, ok));
+        dwell().await;
 
         // 3. Three handovers.
         let t = self.start.elapsed();
         let (notes, ok) = self.three_handovers(&roots).await?;
         phases.push(self.phase("3 handover: three zero-downtime restarts", t, notes, ok));
+        dwell().await;
 
         // 4. A broken upgrade is refused.
         let t = self.start.elapsed();
         let (notes, ok) = self.broken_upgrade(&server, &roots).await?;
         phases.push(self.phase("4 handover: broken upgrade refused", t, notes, ok));
+        dwell().await;
 
         // 5. SIGKILL; keepalive brings it back.
         let t = self.start.elapsed();
         let (notes, ok) = self.kill_and_recover(&roots).await?;
         phases.push(self.phase("5 keepalive: SIGKILL recovered", t, notes, ok));
+        dwell().await;
 
         // 6. Clean stop.
         let mut samples = load.stop().await;
@@ -223,8 +230,10 @@ impl Demo {
         phases.push(self.phase("6 clean stop", t, notes, ok));
 
         // Expectations on the load, per phase: zero failures except while the server was dead.
-        for phase in &mut phases {
-            let (ok, failed, p50, p99) = tally(&samples, phase.start, phase.end);
+        // A phase's requests are those until the next phase starts (the steady run after it too).
+        let starts: Vec<f64> = phases.iter().skip(1).map(|p| p.start).chain([f64::INFINITY]).collect();
+        for (phase, until) in phases.iter_mut().zip(starts) {
+            let (ok, failed, p50, p99) = tally(&samples, phase.start, until);
             phase.ok = ok;
             phase.failed = failed;
             phase.p50_ms = p50;
@@ -352,6 +361,9 @@ impl Demo {
             ));
             generation = now_generation;
             served = now_served;
+            if round < 3 {
+                dwell().await;
+            }
         }
         Ok((notes, ok))
     }
@@ -451,10 +463,18 @@ fn k8s_secret(dir: &Path, version: &str, leaf: &Leaf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Lets the load run on its own for a moment, so that the timeline shows the service steady
+/// between the events (pacing for the viewer, not synchronisation: every check waits on its
+/// own condition).
+async fn dwell() {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
 fn tally(samples: &[Sample], from: f64, to: f64) -> (u64, u64, f64, f64) {
     let mut latencies = Vec::new();
     let (mut ok, mut failed) = (0, 0);
-    for s in samples.iter().filter(|s| (from..to).contains(&s.at.as_secs_f64())) {
+    // By completion: a request in flight when the server is killed fails after the kill.
+    for s in samples.iter().filter(|s| (from..to).contains(&(s.at + s.latency).as_secs_f64())) {
         if s.outcome.is_ok() {
             ok += 1;
             latencies.push(s.latency.as_secs_f64() * 1e3);
