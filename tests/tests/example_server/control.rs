@@ -1,12 +1,14 @@
 //! The restart socket through the server: `lifeline status`, the socket file's mode, and a clean
 //! stop on SIGTERM that removes the socket file and the lock file.
 
+use std::time::{Duration, Instant};
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use lifeline_tests::wait_for;
 
-use crate::support::{Options, flock_says_locked, is_dead, socket_file};
+use crate::support::{Conn, Options, field, flock_says_locked, is_dead, socket_file};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_prints_one_json_object_and_the_socket_is_private() {
@@ -31,13 +33,22 @@ async fn status_prints_one_json_object_and_the_socket_is_private() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_cleanly_and_removes_the_socket_and_the_lock_file() {
+async fn sigterm_drains_then_stops_cleanly_and_removes_the_socket_and_the_lock_file() {
     let mut server = Options::new().start();
     let (control, lock) = (server.control_path(), server.lock_path());
     assert!(socket_file(&control).is_some() && lock.exists());
-    assert_eq!(server.answer().await.0, server.pid);
 
+    // A request in flight when SIGTERM arrives is answered before the process exits.
+    let mut conn = Conn::open(server.addr, &server.pki().roots()).await.unwrap();
+    assert_eq!(conn.get("/").await.unwrap(), format!("pid={} generation=1 served=1", server.pid));
+    let began = Instant::now();
+    conn.send("/delay?ms=1000").await.unwrap();
     kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
+    let response = conn.response().await.unwrap();
+    assert_eq!(response.body, format!("pid={} generation=1 served=2", server.pid));
+    assert!(response.closes(), "{response:?}");
+    assert!(began.elapsed() >= Duration::from_secs(1));
+
     let status = server.first.wait().unwrap();
     assert!(status.success(), "SIGTERM: {status}");
     assert!(!control.exists(), "the control socket file is left behind");
@@ -65,4 +76,29 @@ async fn after_a_handover_only_the_successor_removes_the_socket_and_the_lock_fil
     wait_for("the successor to stop", || is_dead(new_pid).then_some(()));
     assert!(!control.exists(), "the control socket file is left behind");
     assert!(!lock.exists(), "the lock file is left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_the_start_line_still_stops_cleanly() {
+    let mut server = Options::new().start();
+    kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
+    let status = server.first.wait().unwrap();
+    assert!(status.success(), "SIGTERM: {status}");
+    assert!(!server.control_path().exists(), "the control socket file is left behind");
+    assert!(!server.lock_path().exists(), "the lock file is left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr1_right_after_the_start_line_triggers_a_handover() {
+    let mut server = Options::new().start();
+    let old_pid = server.pid;
+    // At once: the server has announced itself, so it must not die of the signal.
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGUSR1).unwrap();
+    // The result is only logged; the new process announces itself on stdout.
+    let line = server.stdout.wait("generation=2 ");
+    let new_pid: u32 = field(&line, "pid").parse().unwrap();
+    server.started(new_pid);
+    assert_eq!(server.answer().await.0, new_pid);
+    assert_eq!(server.status()["pid"], new_pid);
+    assert!(server.first.wait().unwrap().success());
 }

@@ -40,20 +40,25 @@ impl Lines {
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
-                let (state, changed) = &*writer.inner;
-                state.lock().unwrap().lines.push(line);
+                let (_, changed) = &*writer.inner;
+                writer.state().lines.push(line);
                 changed.notify_all();
             }
-            let (state, changed) = &*writer.inner;
-            state.lock().unwrap().closed = true;
+            let (_, changed) = &*writer.inner;
+            writer.state().closed = true;
             changed.notify_all();
         });
         lines
     }
 
+    /// The lines; a test that failed while waiting does not poison them for the diagnostics.
+    fn state(&self) -> std::sync::MutexGuard<'_, LinesState> {
+        self.inner.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// How many lines were read so far: a mark for [`Lines::wait_after`].
     pub(crate) fn mark(&self) -> usize {
-        self.inner.0.lock().unwrap().lines.len()
+        self.state().lines.len()
     }
 
     /// Waits for a line containing `needle` (already read or still to come); returns it.
@@ -64,26 +69,28 @@ impl Lines {
     /// Waits for a line containing `needle` among the lines read after `mark`; returns it.
     pub(crate) fn wait_after(&self, mark: usize, needle: &str) -> String {
         let deadline = Instant::now() + PATIENCE;
-        let (state, changed) = &*self.inner;
-        let mut guard = state.lock().unwrap();
+        let (_, changed) = &*self.inner;
+        let mut guard = self.state();
         loop {
             if let Some(line) = guard.lines.iter().skip(mark).find(|l| l.contains(needle)) {
                 return line.clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero() && !guard.closed,
-                "no line containing {needle:?} (pipe {}); read so far:\n{}",
-                if guard.closed { "closed" } else { "still open" },
-                guard.lines.join("\n")
-            );
-            guard = changed.wait_timeout(guard, left).unwrap().0;
+            if left.is_zero() || guard.closed {
+                let (closed, seen) = (guard.closed, guard.lines.join("\n"));
+                drop(guard);
+                panic!(
+                    "no line containing {needle:?} (pipe {}); read so far:\n{seen}",
+                    if closed { "closed" } else { "still open" }
+                );
+            }
+            guard = changed.wait_timeout(guard, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
         }
     }
 
     /// Every line read so far.
     pub(crate) fn all(&self) -> Vec<String> {
-        self.inner.0.lock().unwrap().lines.clone()
+        self.state().lines.clone()
     }
 }
 
