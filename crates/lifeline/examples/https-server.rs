@@ -27,6 +27,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -140,12 +141,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Before anything else: adopt what a predecessor (or systemd) passed us.
     let mut handover = Handover::from_env(Config::default().ready_timeout(args.ready_timeout))?;
 
-    // dirlock: the state directory has one owner; a successor adopts the lock we pass it.
-    let lock = match handover.take_fd("state-lock") {
-        Some(fd) => DirLock::adopt(fd, &args.state_dir, &LockOptions::new())?,
-        None => DirLock::acquire(&args.state_dir)?,
-    };
-
+    // dirlock: the state directory has one owner; a successor inherits the held lock.
+    let lock = StateLock::take(&mut handover, &args.state_dir)?;
     let listener = listening_socket(&mut handover, args.listen)?;
 
     // certwatch: the served certificate follows the files.
@@ -188,9 +185,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // What a successor gets, then: ready (tells the predecessor, or systemd `READY=1`).
     handover.register_dup("https", &listener)?;
-    handover.register_dup("state-lock", &lock)?;
+    handover.register_dup("state-lock", &lock.as_fd())?;
     let upgrader =
         handover.ready(Lifecycle { shared: shared.clone() }).await.context("cannot signal readiness")?;
+    let lock = lock.into_ours(&args.state_dir)?;
     let listener = {
         listener.set_nonblocking(true)?;
         TcpListener::from_std(listener)?
@@ -258,6 +256,42 @@ fn listening_socket(handover: &mut Handover, listen: SocketAddr) -> anyhow::Resu
         return Ok(activated);
     }
     std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// The state directory's lock before this process is ready.
+///
+/// A successor inherits the held lock (it never lapses) but adopts it only once it is ready:
+/// adopting writes its pid into the lock file, and a dropped `DirLock` unlinks the file, which a
+/// successor failing at start-up would do under its predecessor, letting a third instance in.
+enum StateLock {
+    /// Acquired by this process (no predecessor): released if start-up fails.
+    Held(DirLock),
+    /// Inherited from a predecessor, which still owns the lock file until we are ready.
+    Inherited(OwnedFd),
+}
+
+impl StateLock {
+    fn take(handover: &mut Handover, dir: &std::path::Path) -> anyhow::Result<StateLock> {
+        Ok(match handover.take_fd("state-lock") {
+            Some(fd) => StateLock::Inherited(fd),
+            None => StateLock::Held(DirLock::acquire(dir)?),
+        })
+    }
+
+    /// Once ready: the lock is ours alone.
+    fn into_ours(self, dir: &std::path::Path) -> anyhow::Result<DirLock> {
+        Ok(match self {
+            StateLock::Held(lock) => lock,
+            StateLock::Inherited(fd) => DirLock::adopt(fd, dir, &LockOptions::new())?,
+        })
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            StateLock::Held(lock) => lock.as_fd(),
+            StateLock::Inherited(fd) => fd.as_fd(),
+        }
+    }
 }
 
 /// The restart socket's handler: a handover to a new process of this executable.

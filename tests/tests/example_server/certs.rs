@@ -2,12 +2,13 @@
 //! the server presents in a real handshake; a broken pair is refused and the old one kept.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lifeline_tests::PATIENCE;
 use lifeline_tests::certs::LeafSpec;
 
-use crate::support::{Options, Server, serial_of};
+use crate::support::{Options, Server, flock_says_locked, serial_of};
 
 /// Publishes `cert` + `key` the way the kubelet updates a mounted secret: write a new
 /// timestamped directory, point a temporary `..data_tmp` symlink at it, rename that over
@@ -89,4 +90,36 @@ async fn kubernetes_secret_swap_changes_the_presented_certificate_and_a_broken_p
     presents(&server, &serial_of(&fifth)).await;
     // Still serving requests all along, on the same process.
     assert_eq!(server.answer().await.0, server.pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_the_files_are_broken_fails_and_the_old_pair_stays_served() {
+    let mut server = Options::new().start();
+    let (cert, key) = (server.path("cert.pem"), server.path("key.pem"));
+    let first = serial_of(&server.pki().first);
+
+    // A key that belongs to another certificate: refused by the running process...
+    let mark = server.stderr.mark();
+    let other = server.pki().ca.issue(&LeafSpec::new(0x6006));
+    lifeline_tests::certs::atomic_write(&key, other.key_pem.as_bytes());
+    server.stderr.wait_after(mark, "private key does not match the certificate");
+    // ...and fatal to a new one, which exits before it is ready: the old one serves on.
+    let err = server.restart().expect_err("a successor cannot start without a valid pair");
+    assert_eq!(err, "lifeline: restart failed: new process exited with status 1 before becoming ready");
+    assert_eq!(server.presented_serial().await, first);
+    assert_eq!(server.answer().await.0, server.pid);
+    // The successor failed after it had inherited the lock: the lock file, and the pid in it,
+    // are still the old process's, so another instance is still refused.
+    assert!(flock_says_locked(&server.lock_path()));
+    assert_eq!(std::fs::read_to_string(server.lock_path()).unwrap().trim(), server.pid.to_string());
+    let other = server.options.command("127.0.0.1:0").stdin(Stdio::null()).output().unwrap();
+    assert_eq!(other.status.code(), Some(75), "{}", String::from_utf8_lossy(&other.stderr));
+
+    // Fixed files: the running process picks them up, and a restart works again.
+    let fixed = server.pki().ca.issue(&LeafSpec::new(0x7007));
+    fixed.write_atomic(&cert, &key);
+    presents(&server, &serial_of(&fixed)).await;
+    let new_pid = server.restart().unwrap();
+    assert_eq!(server.answer().await.0, new_pid);
+    assert_eq!(server.presented_serial().await, serial_of(&fixed));
 }
