@@ -603,21 +603,31 @@ pub(crate) fn copy_of_the_binary(dir: &Path) -> PathBuf {
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("https-server");
-    std::fs::copy(https_server_bin(), &exe).unwrap();
+    write_executable(&https_server_bin(), &exe, 0o755);
     exe
 }
 
 /// Replaces the file at `path` the way package managers do: write a sibling, rename it over.
 pub(crate) fn install(path: &Path, contents: &[u8], mode: u32) {
+    let source = path.with_extension("source");
+    std::fs::write(&source, contents).unwrap();
     let staged = path.with_extension("new");
-    std::fs::write(&staged, contents).unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode)).unwrap();
+    write_executable(&source, &staged, mode);
     std::fs::rename(&staged, path).unwrap();
 }
 
 /// Puts the real example binary back at `path` (atomically).
 pub(crate) fn install_the_real_binary(path: &Path) {
     let staged = path.with_extension("new");
-    std::fs::copy(https_server_bin(), &staged).unwrap();
+    write_executable(&https_server_bin(), &staged, 0o755);
     std::fs::rename(&staged, path).unwrap();
+}
+
+/// Copies `from` to `to` with `mode` in a child process (`install(1)`): a file this process had
+/// open for writing could be inherited by a child another test thread is forking, and an `exec`
+/// of it would fail with "Text file busy" until that child execs.
+fn write_executable(from: &Path, to: &Path, mode: u32) {
+    let status =
+        Command::new("install").arg("-m").arg(format!("{mode:o}")).arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "install {} {}: {status}", from.display(), to.display());
 }
