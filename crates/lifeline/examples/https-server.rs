@@ -197,7 +197,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("https-server: pid={} generation={generation} listening on {address}", std::process::id());
     tracing::info!(%address, generation, served, "serving");
 
-    let control_stop = CancellationToken::new();
+    // The control socket stops accepting the moment a handover succeeds, before the answer to
+    // the restart goes out: a request sent after it must reach the successor, not be accepted
+    // here and then dropped by the shutdown.
+    let control_stop = upgrader.upgraded().child_token();
     let tracker = TaskTracker::new();
     if let Some(server) = control {
         let handle = server.listener();

@@ -252,3 +252,41 @@ fn wait_for_quietly(mut check: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Control requests sent while handovers happen are all answered (by the old or the new
+/// process): the control socket's counterpart of "no failed request".
+#[ignore = "restart-socket bug: at shutdown `Server::serve` drops accepted connections whose request it has not read yet (its select! picks shutdown over a ready read), so ~1 in 400 requests sent during a handover gets EPIPE; see the example branch report"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_requests_during_handovers_are_all_answered() {
+    let mut server = Options::new().start();
+    let control = server.control_path();
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (mut answered, mut failed) = (0, Vec::new());
+            while !stop.load(Ordering::SeqCst) {
+                let status =
+                    rt.block_on(async { restart_socket::Client::connect(&control).await?.status().await });
+                match status {
+                    Ok(_) => answered += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (answered, failed)
+        }
+    });
+    for round in 1..=20 {
+        server.restart().unwrap_or_else(|e| panic!("handover {round} failed: {e}"));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (answered, failed) = client.join().unwrap();
+    assert!(answered > 20, "only {answered} status requests");
+    assert!(
+        failed.is_empty(),
+        "{} of {} status requests failed: {failed:?}",
+        failed.len(),
+        answered + failed.len()
+    );
+}
