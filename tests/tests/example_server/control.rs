@@ -46,7 +46,6 @@ async fn sigterm_drains_then_stops_cleanly_and_removes_the_socket_and_the_lock_f
     kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
     let response = conn.response().await.unwrap();
     assert_eq!(response.body, format!("pid={} generation=1 served=2", server.pid));
-    assert!(response.closes(), "{response:?}");
     assert!(began.elapsed() >= Duration::from_secs(1));
 
     let status = server.first.wait().unwrap();
