@@ -8,7 +8,8 @@
 //! - **dirlock**: holds `DIR/.lifeline.lock`; a second instance on the same DIR exits 75 naming
 //!   the holder. The held lock passes to each successor, so no third instance slips in between.
 //! - **certwatch**: serves the cert/key files and follows them as they are rotated.
-//! - **restart-socket**: `--control SOCKET` answers `lifeline status` and `lifeline restart`.
+//! - **restart-socket**: `--control SOCKET` answers `lifeline status` and `lifeline restart`;
+//!   SIGUSR1 asks for a restart over the same socket.
 //! - **handover**: a restart starts a new process of the same executable with the listening
 //!   socket, the control socket, the lock and the state (request counter, generation); once it is
 //!   ready, this one stops accepting, drains and exits 0. A failed successor changes nothing.
@@ -26,6 +27,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -43,7 +45,9 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use restart_socket::{ListenerHandle, Server as ControlServer, ServerConfig, Status};
+use restart_socket::{
+    Client as ControlClient, ListenerHandle, Server as ControlServer, ServerConfig, Status,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -129,24 +133,17 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let started_at = unix_millis(SystemTime::now());
+    // Signals first: from `ready()` on (`READY=1`, the start line) a supervisor may stop us or
+    // ask for a restart, and a signal without a handler would kill the process outright.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigusr1 = signal(SignalKind::user_defined1())?;
     // Before anything else: adopt what a predecessor (or systemd) passed us.
     let mut handover = Handover::from_env(Config::default().ready_timeout(args.ready_timeout))?;
 
-    // dirlock: the state directory has one owner; a successor adopts the lock we pass it.
-    let lock = match handover.take_fd("state-lock") {
-        Some(fd) => DirLock::adopt(fd, &args.state_dir, &LockOptions::new())?,
-        None => DirLock::acquire(&args.state_dir)?,
-    };
-
-    // The listening socket: from the predecessor, from systemd, or bound now.
-    let listener = match handover.take_tcp_listener("https")? {
-        Some(inherited) => inherited,
-        None => match handover.take_tcp_listener("unknown")? {
-            Some(activated) => activated,
-            None => std::net::TcpListener::bind(args.listen)
-                .with_context(|| format!("cannot listen on {}", args.listen))?,
-        },
-    };
+    // dirlock: the state directory has one owner; a successor inherits the held lock.
+    let lock = StateLock::take(&mut handover, &args.state_dir)?;
+    let listener = listening_socket(&mut handover, args.listen)?;
 
     // certwatch: the served certificate follows the files.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -188,9 +185,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // What a successor gets, then: ready (tells the predecessor, or systemd `READY=1`).
     handover.register_dup("https", &listener)?;
-    handover.register_dup("state-lock", &lock)?;
+    handover.register_dup("state-lock", &lock.as_fd())?;
     let upgrader =
         handover.ready(Lifecycle { shared: shared.clone() }).await.context("cannot signal readiness")?;
+    let lock = lock.into_ours(&args.state_dir)?;
     let listener = {
         listener.set_nonblocking(true)?;
         TcpListener::from_std(listener)?
@@ -199,7 +197,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("https-server: pid={} generation={generation} listening on {address}", std::process::id());
     tracing::info!(%address, generation, served, "serving");
 
-    let control_stop = CancellationToken::new();
+    // The control socket stops accepting the moment a handover succeeds, before the answer to
+    // the restart goes out: a request sent after it must reach the successor, not be accepted
+    // here and then dropped by the shutdown.
+    let control_stop = upgrader.upgraded().child_token();
     let tracker = TaskTracker::new();
     if let Some(server) = control {
         let handle = server.listener();
@@ -212,14 +213,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Serve until handed over (or told to stop), then drain.
     let handed_over = upgrader.upgraded();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         let (stream, peer) = tokio::select! {
             biased;
             () = handed_over.cancelled() => break,
             _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break }
             _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break }
+            _ = sigusr1.recv() => {
+                restart_on_sigusr1(args.control.clone(), args.ready_timeout);
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -247,6 +250,53 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listening socket: from the predecessor, from systemd, or bound now.
+fn listening_socket(handover: &mut Handover, listen: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    if let Some(inherited) = handover.take_tcp_listener("https")? {
+        return Ok(inherited);
+    }
+    if let Some(activated) = handover.take_tcp_listener("unknown")? {
+        return Ok(activated);
+    }
+    std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))
+}
+
+/// The state directory's lock before this process is ready.
+///
+/// A successor inherits the held lock (it never lapses) but adopts it only once it is ready:
+/// adopting writes its pid into the lock file, and a dropped `DirLock` unlinks the file, which a
+/// successor failing at start-up would do under its predecessor, letting a third instance in.
+enum StateLock {
+    /// Acquired by this process (no predecessor): released if start-up fails.
+    Held(DirLock),
+    /// Inherited from a predecessor, which still owns the lock file until we are ready.
+    Inherited(OwnedFd),
+}
+
+impl StateLock {
+    fn take(handover: &mut Handover, dir: &std::path::Path) -> anyhow::Result<StateLock> {
+        Ok(match handover.take_fd("state-lock") {
+            Some(fd) => StateLock::Inherited(fd),
+            None => StateLock::Held(DirLock::acquire(dir)?),
+        })
+    }
+
+    /// Once ready: the lock is ours alone.
+    fn into_ours(self, dir: &std::path::Path) -> anyhow::Result<DirLock> {
+        Ok(match self {
+            StateLock::Held(lock) => lock,
+            StateLock::Inherited(fd) => DirLock::adopt(fd, dir, &LockOptions::new())?,
+        })
+    }
+
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            StateLock::Held(lock) => lock.as_fd(),
+            StateLock::Inherited(fd) => fd.as_fd(),
+        }
+    }
+}
+
 /// The restart socket's handler: a handover to a new process of this executable.
 fn restart_handler(
     upgrader: Upgrader,
@@ -272,7 +322,30 @@ fn restart_handler(
 }
 
 fn control_config() -> ServerConfig {
-    ServerConfig::default().with_restart_on_sigusr1(true)
+    // SIGUSR1 is handled by `run` (see `restart_on_sigusr1`).
+    ServerConfig::default()
+}
+
+/// SIGUSR1: a restart requested over our own control socket, exactly as `lifeline restart` would
+/// (one at a time with any other request); the outcome is only logged.
+///
+/// Not restart-socket's own SIGUSR1 option: that handler is installed only once `serve()` first
+/// runs, after the start line and `READY=1`, and a SIGUSR1 before it killed the process.
+fn restart_on_sigusr1(control: Option<PathBuf>, ready_timeout: Duration) {
+    let Some(path) = control else {
+        tracing::warn!("SIGUSR1 ignored: restarts need --control");
+        return;
+    };
+    tracing::info!("SIGUSR1: restarting");
+    tokio::spawn(async move {
+        // The answer comes within the readiness timeout; the margin covers spawning and killing.
+        let timeout = ready_timeout + Duration::from_secs(10);
+        let outcome = async { ControlClient::connect(&path).await?.restart(timeout).await }.await;
+        match outcome {
+            Ok(pid) => tracing::info!(pid, "SIGUSR1: handed over"),
+            Err(err) => tracing::warn!(error = %err, "SIGUSR1: restart failed"),
+        }
+    });
 }
 
 /// The old process's side of a handover: the state the successor continues from.
