@@ -126,6 +126,9 @@ impl Drop for Listener {
     }
 }
 
+/// After shutdown, how long an accepted connection may stay quiet before it is closed unanswered.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
 /// A handle on a server's listening socket, to pass it to a successor process.
 ///
 /// Obtained with [`Server::listener`] before serving; typically moved into the restart closure.
@@ -234,9 +237,10 @@ impl Server {
         ListenerHandle { inner: Arc::clone(&self.inner) }
     }
 
-    /// Serves requests until `shutdown` is cancelled, then waits for the connections that are
-    /// answering a request (a running restart is allowed to finish), and removes the socket file
-    /// unless the listener was handed on.
+    /// Serves requests until `shutdown` is cancelled, then stops accepting, answers what the
+    /// connections already accepted send within a short quiet period (500 ms: a request that
+    /// raced a handover is answered, not dropped), lets a running restart finish, and removes the
+    /// socket file unless the listener was handed on.
     ///
     /// Must run inside a tokio runtime (the `net` and `time` drivers enabled).
     pub async fn serve<R, S>(self, restart: R, status: S, shutdown: CancellationToken) -> Result<(), Error>
@@ -380,9 +384,24 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
     ) {
         let mut buf = Vec::new();
         loop {
-            let read = tokio::select! {
-                () = shutdown.cancelled() => return,
-                read = tokio::time::timeout(self.config.read_timeout, wire::read_frame(&mut stream, &mut buf)) => read,
+            let read = {
+                let reading =
+                    tokio::time::timeout(self.config.read_timeout, wire::read_frame(&mut stream, &mut buf));
+                tokio::pin!(reading);
+                tokio::select! {
+                    read = &mut reading => read,
+                    () = shutdown.cancelled() => {
+                        // Shutting down (typically: a successor took over the socket). A request
+                        // this connection already carries, or sends within a short quiet period,
+                        // is still answered — dropping it would fail a client whose connection
+                        // merely raced the handover. The read in progress is kept, not restarted,
+                        // so no byte of a frame is lost.
+                        match tokio::time::timeout(SHUTDOWN_GRACE, &mut reading).await {
+                            Ok(read) => read,
+                            Err(_quiet) => return,
+                        }
+                    }
+                }
             };
             let refusal = match read {
                 Ok(Ok(())) => match wire::decode_request(&buf) {
