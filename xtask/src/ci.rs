@@ -52,6 +52,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             Ok(())
         })?;
     }
+    step("package", &mut || {
+        // Every publishable crate has complete metadata and packages (files listed, nothing built).
+        for krate in LIBRARY_CRATES {
+            let out = Command::new("cargo")
+                .args(["package", "--list", "--allow-dirty", "-p", krate])
+                .current_dir(project_root())
+                .output()
+                .context("run cargo package")?;
+            if !out.status.success() {
+                bail!(
+                    "`cargo package --list -p {krate}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            println!("{krate}: {} files", String::from_utf8_lossy(&out.stdout).lines().count());
+        }
+        Ok(())
+    })?;
     step("doc", &mut || {
         cargo(&["doc", "--workspace", "--no-deps", "--all-features"], &[("RUSTDOCFLAGS", "-D warnings")])
     })?;
