@@ -51,7 +51,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         ("release", target_dir().join("release"))
     };
-    cargo(&["build", "--profile", profile, "-p", "lifeline-bench", "--bins"], &[])?;
+    // The `lifeline` CLI too: bench-keepalive measures `lifeline supervise` itself.
+    cargo(
+        &[
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "lifeline-bench",
+            "--bins",
+            "-p",
+            "lifeline",
+            "--features",
+            "lifeline/cli",
+            "--bin",
+            "lifeline",
+        ],
+        &[],
+    )?;
     let mut programs: Vec<String> = std::fs::read_dir(root.join("bench/src/bin"))
         .context("read bench/src/bin")?
         .filter_map(Result::ok)

@@ -279,18 +279,15 @@ fn status_field(path: &Path, key: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("{key} in {}", path.display()))
 }
 
+/// The `lifeline` binary `cargo xtask bench` built beside this program, with the same profile
+/// (release for a real run; the debug build for `--quick`, whose numbers mean nothing anyway).
 fn lifeline_binary() -> anyhow::Result<PathBuf> {
     let beside = std::env::current_exe()?.parent().context("exe dir")?.join("lifeline");
-    if beside.exists() && beside.parent().is_some_and(|d| d.ends_with("release")) {
-        return Ok(beside);
-    }
-    eprintln!("bench-keepalive: building the release lifeline binary");
-    let status = Process::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "lifeline", "--features", "cli", "--bin", "lifeline"])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() || !beside.exists() {
-        bail!("cannot build {}", beside.display());
+    if !beside.exists() {
+        bail!(
+            "{} is missing: run through `cargo xtask bench`, or `cargo build --release -p lifeline --features cli`",
+            beside.display()
+        );
     }
     Ok(beside)
 }
