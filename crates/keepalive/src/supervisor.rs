@@ -794,12 +794,13 @@ impl Task {
             main.ready_at = Some(now);
             let pid = main.pid as u32;
             tracing::info!(pid, "service is ready");
-            self.emit(EventKind::Ready { pid });
+            // The file first: whoever sees the event finds it up to date.
             if self.config.state_file.is_some()
                 && let Err(err) = self.write_files(false)
             {
                 tracing::error!(%err, "cannot update the state file; keeping the previous one");
             }
+            self.emit(EventKind::Ready { pid });
         }
         if let Some(text) = note.status {
             self.status_text = Some(text.clone());
