@@ -1,6 +1,7 @@
 //! keepalive's `Supervisor` with real processes and signals: restart timing, graceful and forced
-//! stops, detach and adoption, the pid file, leftovers of a crashed group, the watchdog, readiness
-//! notification from real clients, and following `MAINPID=` without a subreaper.
+//! stops, detach and adoption, the pid file and state file (and retrying them after a failed
+//! write), leftovers of a crashed group, the watchdog, readiness notification from real clients,
+//! and following `MAINPID=` without a subreaper.
 //!
 //! Nothing here makes this test process a child subreaper (see `keepalive_handover.rs` for that):
 //! the adoption tests rely on an orphan *not* becoming our child.
@@ -13,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keepalive::{
-    Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, Notify, Signal,
-    Snapshot, StopOutcome, Supervisor,
+    Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, Notify, Readiness,
+    Signal, Snapshot, StopOutcome, Supervisor,
 };
 use keepalive_common::{is_gone, kill, next, read_pids, started_pid, until, wait_gone};
 use lifeline_tests::wait_for;
@@ -319,6 +320,75 @@ async fn the_pid_file_under_rapid_restarts_is_never_seen_empty_or_partial() {
     assert!(bad.is_empty(), "the reader saw {} bad reads, e.g. {:?}", bad.len(), bad.first());
     assert!(reads > 100, "only {reads} reads");
     assert!(distinct > 1, "the reader saw only {distinct} pid");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_file_follows_the_main_process_and_readiness_and_a_stop_removes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, go) = (dir.path().join("svc.state"), dir.path().join("go"));
+    let config = Config { state_file: Some(state.clone()), notify: Notify::PrivateDir, ..Config::default() };
+    // READY=1 only once `go` exists (exec: the same process, still the main pid, sends it).
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exec {NOTIFY} --via sd-notify --done {}",
+        path(&go),
+        path(&dir.path().join("done"))
+    );
+    let command = Command::new("sh").args(["-c", &script]);
+    let supervised = Supervisor::new(command.clone()).config(config).spawn().expect("spawn");
+    let pid = supervised.pid().expect("pid");
+    let snapshot = Snapshot::read(&state).expect("the state file is written at the start");
+    assert_eq!((snapshot.pid, snapshot.ready, &snapshot.command), (pid, false, &command));
+    let address = snapshot.notify_socket.clone().expect("the notify socket, for an adopter");
+    assert!(std::path::Path::new(&address).exists(), "{address}");
+    std::fs::write(&go, "").expect("go");
+    let mut events = supervised.events();
+    until(&mut events, |k| *k == EventKind::Ready { pid }).await;
+    let snapshot = Snapshot::read(&state).expect("state");
+    assert!(snapshot.ready, "READY=1 is recorded: an adopter must not wait for it again");
+    assert_eq!(snapshot.pid, pid);
+    supervised.stop().await.expect("stop");
+    assert!(!state.exists(), "a clean stop removes the state file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_pid_file_write_keeps_supervising_and_is_retried_until_it_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).expect("mkdir");
+    let (pid_file, state) = (run.join("svc.pid"), run.join("svc.state"));
+    let config =
+        Config { pid_file: Some(pid_file.clone()), state_file: Some(state.clone()), ..Config::default() };
+    let supervised = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn().expect("spawn");
+    let first = supervised.pid().expect("pid");
+    let mut events = supervised.events();
+    // The directory disappears: the restart cannot write either file.
+    std::fs::remove_dir_all(&run).expect("rm -r");
+    kill(first);
+    let seen = until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
+    let second = started_pid(&seen.last().expect("event").kind).expect("pid");
+    assert_eq!(supervised.pid(), Some(second), "supervising the restarted process all the same");
+    assert!(!run.exists());
+    // Once the directory is back, the next retry (1 s after the failure) writes both.
+    std::fs::create_dir(&run).expect("mkdir");
+    wait_for("the pid file to be rewritten", || {
+        (std::fs::read_to_string(&pid_file).ok()? == format!("{second}\n")).then_some(())
+    });
+    assert_eq!(wait_for("the state file", || Snapshot::read(&state).ok()).pid, second);
+    supervised.stop().await.expect("stop");
+    assert!(!pid_file.exists() && !state.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_started_counts_a_service_with_a_notify_socket_ready_at_once() {
+    let notified = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let started = Config { readiness: Readiness::Started, ..notified.clone() };
+    let sleeper = || Supervisor::new(Command::new("sleep").arg("600"));
+    let waiting = sleeper().config(notified).spawn().expect("spawn");
+    assert!(!waiting.status().ready, "by default READY=1 is awaited when notify is on");
+    waiting.stop().await.expect("stop");
+    let ready = sleeper().config(started).spawn().expect("spawn");
+    assert!(ready.status().ready, "Readiness::Started: ready as soon as it started");
+    ready.stop().await.expect("stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,7 +45,7 @@ struct Outcome {
 
 pub(crate) fn run(_args: &Args) -> anyhow::Result<()> {
     println!("demo: building the lifeline CLI, the example server and the demo driver");
-    build_stage("lifeline-demo")?;
+    build_stage(&["lifeline-demo"])?;
     let debug = target_dir().join("debug");
     let out = target_dir().join("demo");
     let status = Command::new(debug.join("lifeline-demo"))
@@ -79,26 +79,25 @@ pub(crate) fn run(_args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the `lifeline` CLI, the example server and the driver `program` of the tests package.
-pub(crate) fn build_stage(program: &str) -> anyhow::Result<()> {
-    crate::ci::cargo(
-        &[
-            "build",
-            "-p",
-            "lifeline",
-            "--features",
-            "cli,full",
-            "--bin",
-            "lifeline",
-            "--example",
-            "https-server",
-            "-p",
-            "lifeline-tests",
-            "--bin",
-            program,
-        ],
-        &[],
-    )
+/// Builds the `lifeline` CLI, the example server and the `programs` of the tests package (a
+/// driver and the fixtures it runs).
+pub(crate) fn build_stage(programs: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec![
+        "build",
+        "-p",
+        "lifeline",
+        "--features",
+        "cli,full",
+        "--bin",
+        "lifeline",
+        "--example",
+        "https-server",
+    ];
+    args.extend(["-p", "lifeline-tests"]);
+    for program in programs {
+        args.extend(["--bin", program]);
+    }
+    crate::ci::cargo(&args, &[])
 }
 
 /// Requests per second (ok and failed) in 250 ms buckets, with each event marked.

@@ -18,7 +18,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
-    crate::demo::build_stage("lifeline-fault")?;
+    // The driver finds its fixture next to its own executable.
+    crate::demo::build_stage(&["lifeline-fault", "fault-lock-holder"])?;
     let debug = target_dir().join("debug");
     let mut command = Command::new(debug.join("lifeline-fault"));
     command

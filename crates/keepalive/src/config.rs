@@ -1,4 +1,5 @@
-//! What to run and how to supervise it: [`Command`], [`Config`], [`Lifetime`], [`Notify`].
+//! What to run and how to supervise it: [`Command`], [`Config`], [`Lifetime`], [`Notify`],
+//! [`Readiness`].
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -129,6 +130,20 @@ impl Notify {
     }
 }
 
+/// When a main process counts as ready: from then on its running time is "healthy" for the
+/// restart policy ([`Backoff`](crate::Backoff) forgets past failures after 10 s of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Readiness {
+    /// When it sends `READY=1` on the notify socket; as soon as it starts when [`Config::notify`]
+    /// is off. The default.
+    #[default]
+    Notified,
+    /// As soon as it starts, even though a notify socket is served: for a service that is given
+    /// `NOTIFY_SOCKET` only for the watchdog (`WATCHDOG=1`) and never sends `READY=1`, as under
+    /// `lifeline supervise --watchdog` without `--notify`.
+    Started,
+}
+
 /// How to supervise. `Config::default()` is the seed's behaviour.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -145,9 +160,21 @@ pub struct Config {
     pub stop_group_on_crash: bool,
     /// Keep the current main pid in this file (written atomically; removed on a clean stop).
     pub pid_file: Option<PathBuf>,
+    /// Keep a current [`Snapshot`](crate::Snapshot) of the service in this file (JSON, mode 0600,
+    /// replaced atomically like the pid file), rewritten whenever the main pid changes and when it
+    /// becomes ready; removed on a clean stop, when the service is done and when the policy gives
+    /// up; left in place (holding the detached snapshot) by [`detach`](crate::Supervised::detach).
+    /// If the supervisor dies, a new one can [`adopt`](crate::Supervisor::adopt) the service from
+    /// it ([`Snapshot::read`](crate::Snapshot::read)). A failed write of this file or of the pid
+    /// file is retried (1 s, doubling to 30 s) until it succeeds; the previous file stays intact
+    /// meanwhile.
+    pub state_file: Option<PathBuf>,
     /// Serve `NOTIFY_SOCKET` (default: off). With it, `READY=1` marks the service healthy,
     /// `MAINPID=` moves supervision to a successor, `WATCHDOG=1` feeds the watchdog.
     pub notify: Notify,
+    /// When a started, adopted or followed main process counts as ready (default: on `READY=1`
+    /// when `notify` is on, at once otherwise).
+    pub readiness: Readiness,
     /// Restart the service when it does not send `WATCHDOG=1` at least this often (requires
     /// `notify`). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`.
     pub watchdog: Option<Duration>,
@@ -169,7 +196,9 @@ impl Default for Config {
             lifetime: Lifetime::OutliveSupervisor,
             stop_group_on_crash: true,
             pid_file: None,
+            state_file: None,
             notify: Notify::Off,
+            readiness: Readiness::Notified,
             watchdog: None,
             watchdog_signal: Signal::ABRT,
             subreaper: false,

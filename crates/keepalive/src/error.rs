@@ -65,6 +65,23 @@ pub enum Error {
         /// The operating system's reason.
         source: io::Error,
     },
+    /// The state file ([`Config::state_file`](crate::Config::state_file)) could not be written.
+    #[error("cannot write state file {path}: {source}")]
+    StateFile {
+        /// The state file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: io::Error,
+    },
+    /// A snapshot file could not be read ([`Snapshot::read`](crate::Snapshot::read)); a missing
+    /// file is `source.kind() == NotFound`.
+    #[error("cannot read snapshot file {path}: {source}")]
+    ReadSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: io::Error,
+    },
     /// The `NOTIFY_SOCKET` could not be created.
     #[error("cannot create the notify socket {address}: {source}")]
     NotifySocket {

@@ -21,10 +21,13 @@
 //!   [`detach`](Supervised::detach) (returns a serde [`Snapshot`]) and
 //!   [`signal`](Supervised::signal).
 //! - [`Supervisor::adopt`] resumes from a snapshot, refusing a pid whose start time changed.
+//!   With [`Config::state_file`] the supervisor keeps the current snapshot on disk, so a new
+//!   supervisor can adopt the service even after this one was `SIGKILL`ed.
 //! - With [`Config::notify`] the supervisor serves `NOTIFY_SOCKET` like systemd (`READY=1`,
 //!   `MAINPID=`, `WATCHDOG=1`, `STATUS=`, `BARRIER=1`); `systemd-notify`, libsystemd's `sd_notify`
 //!   and the sd-notify crate all work against it.
-//! - [`PidFile`] is replaced atomically, so readers never see it empty or partial.
+//! - [`PidFile`] (and the state file) is replaced atomically, so readers never see it empty or
+//!   partial; a failed write (a full disk) keeps the previous file and is retried.
 //!
 //! # Example
 //!
@@ -89,7 +92,7 @@ mod spawn;
 mod supervisor;
 mod sys;
 
-pub use config::{Command, Config, Lifetime, Notify};
+pub use config::{Command, Config, Lifetime, Notify, Readiness};
 pub use error::Error;
 pub use event::{Event, EventKind, Events};
 pub use exit::{Exit, ExitCause, ExitStatus};

@@ -27,23 +27,11 @@ impl PidFile {
         &self.path
     }
 
-    /// Atomically replaces the content with `pid` and a newline (mode 0644).
+    /// Atomically replaces the content with `pid` and a newline (mode 0644). If that fails (no
+    /// space left, for instance), the previous file is left as it was.
     pub fn write(&self, pid: u32) -> Result<(), Error> {
-        self.write_inner(pid).map_err(|source| Error::PidFile { path: self.path.clone(), source })
-    }
-
-    fn write_inner(&self, pid: u32) -> io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut tmp =
-            tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
-        tmp.write_all(format!("{pid}\n").as_bytes())?;
-        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        tmp.persist(&self.path).map_err(|e| e.error)?;
-        Ok(())
+        replace(&self.path, format!("{pid}\n").as_bytes(), 0o644)
+            .map_err(|source| Error::PidFile { path: self.path.clone(), source })
     }
 
     /// Reads the pid (`None` if the file is missing or does not hold a pid).
@@ -60,6 +48,22 @@ impl PidFile {
             _ => Ok(()),
         }
     }
+}
+
+/// Replaces the file at `path` with `contents` (and `mode`) atomically: a temporary file in the
+/// same directory, renamed over the path. On failure the temporary file is removed and `path`
+/// keeps its previous content.
+pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

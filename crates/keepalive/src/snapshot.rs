@@ -1,11 +1,12 @@
 //! A detached service, serialised: enough to adopt it later without ever signalling a reused pid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::config::Command;
+use crate::pidfile;
 use crate::sys;
 
 /// The snapshot format this version writes and reads.
@@ -80,6 +81,27 @@ impl Snapshot {
         }
         Ok(snapshot)
     }
+
+    /// Reads a snapshot from a file (as [`Snapshot::write`] and
+    /// [`Config::state_file`](crate::Config::state_file) keep it), checking its version.
+    pub fn read(path: &Path) -> Result<Snapshot, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| Error::ReadSnapshot { path: path.to_path_buf(), source })?;
+        Snapshot::from_json(&text).map_err(|err| match err {
+            Error::Snapshot { reason } => Error::Snapshot { reason: format!("{}: {reason}", path.display()) },
+            other => other,
+        })
+    }
+
+    /// Writes it to `path` as one line of JSON, atomically (a temporary file in the same directory
+    /// renamed over the path: a reader sees the previous snapshot or this one, never a mix), mode
+    /// 0600 (the command's environment may hold secrets). On failure the previous file stays.
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        let mut line = self.to_json();
+        line.push('\n');
+        pidfile::replace(path, line.as_bytes(), 0o600)
+            .map_err(|source| Error::StateFile { path: path.to_path_buf(), source })
+    }
 }
 
 pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
@@ -98,5 +120,28 @@ mod tests {
         let newer = snap.to_json().replace("\"version\":1", "\"version\":2");
         assert!(matches!(Snapshot::from_json(&newer), Err(Error::Snapshot { .. })));
         assert!(matches!(Snapshot::from_json("{not json"), Err(Error::Snapshot { .. })));
+    }
+
+    #[test]
+    fn writes_and_reads_a_file_atomically_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("svc.state");
+        let missing = Snapshot::read(&path);
+        assert!(
+            matches!(&missing, Err(Error::ReadSnapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        let snap = Snapshot::of_process(std::process::id(), Command::new("me")).expect("snapshot");
+        snap.write(&path).expect("write");
+        assert_eq!(Snapshot::read(&path).expect("read"), snap);
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temporary file is left");
+        std::fs::write(&path, "garbage").expect("write garbage");
+        let err = Snapshot::read(&path).expect_err("garbage is refused");
+        assert!(err.to_string().contains("svc.state"), "the error names the file: {err}");
+        let in_missing_dir = snap.write(&dir.path().join("missing/svc.state"));
+        assert!(matches!(in_missing_dir, Err(Error::StateFile { .. })), "{in_missing_dir:?}");
     }
 }

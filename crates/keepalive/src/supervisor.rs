@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::Error;
-use crate::config::{Command, Config, Lifetime};
+use crate::config::{Command, Config, Lifetime, Readiness};
 use crate::event::{Event, EventKind, Events};
 use crate::exit::{Exit, ExitCause, ExitStatus};
 use crate::group;
@@ -28,6 +28,10 @@ use crate::sys::{self, Reaped};
 
 /// How many queued notifications are handled before deciding about an exit or a stop.
 const DRAIN_LIMIT: usize = 1024;
+/// A pid file or state file that could not be written is tried again after this long, doubling
+/// up to [`RETRY_FILES_MAX`].
+const RETRY_FILES_FIRST: Duration = Duration::from_secs(1);
+const RETRY_FILES_MAX: Duration = Duration::from_secs(30);
 const EVENT_CAPACITY: usize = 256;
 
 /// Builds a supervised service: what to run ([`Command`]), how ([`Config`]), and when to restart
@@ -74,11 +78,13 @@ impl Supervisor {
         let mut task = Task::new(self)?;
         if let Err(err) = task.start_main() {
             if let Some(main) = task.main.take() {
-                // Started, but the pid file cannot be kept: do not leave it running unsupervised.
+                // Started, but the pid file or state file cannot be kept: do not leave it running
+                // unsupervised.
                 let _ = sys::pidfd_send_signal(main.fd.as_fd(), Signal::KILL);
                 let _ = sys::kill_group(main.pgid, Signal::KILL);
                 // Blocking is fine here: SIGKILL was just sent and the child is ours.
                 let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(main.pid), None);
+                task.remove_files();
             }
             return Err(err);
         }
@@ -104,7 +110,7 @@ impl Supervisor {
             return Err(Error::PidReused { pid, expected: snapshot.start_time, found: proc.start_time });
         }
         proc.since_wall = std::time::UNIX_EPOCH + Duration::from_millis(snapshot.since_unix_ms);
-        if snapshot.ready || !task.config.notify.is_on() {
+        if snapshot.ready || task.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
         task.status_text.clone_from(&snapshot.status_text);
@@ -344,6 +350,7 @@ enum Wake {
     Child,
     Request(Option<Request>),
     Watchdog,
+    RetryFiles,
 }
 
 struct Task {
@@ -370,6 +377,8 @@ struct Task {
     status_text: Option<String>,
     watchdog_interval: Option<Duration>,
     watchdog_deadline: Option<Instant>,
+    /// When to try again to write the pid file and state file, and the delay after that.
+    retry_files: Option<(Instant, Duration)>,
     starts: u32,
     main_pid_changes: u32,
     last_exit: Option<ExitStatus>,
@@ -446,6 +455,7 @@ impl Task {
             retired: Vec::new(),
             status_text: None,
             watchdog_deadline: None,
+            retry_files: None,
             starts: 0,
             main_pid_changes: 0,
             last_exit: None,
@@ -485,7 +495,7 @@ impl Task {
         // Our child cannot be reaped by anyone else, so even if it already exited its pid is still
         // its own (a zombie) and the pidfd reports the exit at once.
         let mut proc = Proc::open(pid as i32, started, true)?;
-        if !self.config.notify.is_on() {
+        if self.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
         self.starts += 1;
@@ -494,18 +504,64 @@ impl Task {
         installed
     }
 
-    /// Makes `proc` the main process: groups, pid file, watchdog, status. It is installed even if
-    /// the pid file cannot be written (that error is returned).
+    /// Whether a new main process counts as ready at once (no `READY=1` awaited).
+    fn ready_at_start(&self) -> bool {
+        !self.config.notify.is_on() || self.config.readiness == Readiness::Started
+    }
+
+    /// Makes `proc` the main process: groups, pid file, state file, watchdog, status. It is
+    /// installed even if a file cannot be written (that error is returned; the write is retried).
     fn install_main(&mut self, proc: Proc) -> Result<(), Error> {
         if proc.pgid != self.own_pgid {
             self.pgids.insert(proc.pgid);
         }
         self.sessions.insert(proc.session);
-        let written = self.pid_file.as_ref().map_or(Ok(()), |pid_file| pid_file.write(proc.pid as u32));
         self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
         self.main = Some(proc);
+        let written = self.write_files(true);
         self.publish(State::Running);
         written
+    }
+
+    /// Writes the pid file (if `pid_file_too`) and the state file for the current main process.
+    /// A failure leaves the previous files intact and schedules another try.
+    fn write_files(&mut self, pid_file_too: bool) -> Result<(), Error> {
+        let Some(main) = &self.main else { return Ok(()) };
+        let mut result = Ok(());
+        if pid_file_too && let Some(pid_file) = &self.pid_file {
+            result = pid_file.write(main.pid as u32);
+        }
+        if let Some(path) = &self.config.state_file {
+            let notify_socket = self.notify.as_ref().map(|n| n.address().to_owned());
+            let written = self.snapshot_of(main, notify_socket).write(path);
+            result = result.and(written);
+        }
+        if result.is_ok() {
+            if self.retry_files.take().is_some() {
+                tracing::info!("pid file and state file are up to date again");
+            }
+        } else {
+            // One schedule for both files: the next try writes both again.
+            let delay = self.retry_files.map_or(RETRY_FILES_FIRST, |(_, d)| (d * 2).min(RETRY_FILES_MAX));
+            self.retry_files = Some((Instant::now() + delay, delay));
+        }
+        result
+    }
+
+    /// What [`Supervisor::adopt`] needs to resume supervising `main`.
+    fn snapshot_of(&self, main: &Proc, notify_socket: Option<String>) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            pid: main.pid as u32,
+            pgid: main.pgid as u32,
+            start_time: main.start_time,
+            since_unix_ms: unix_ms(main.since_wall),
+            command: self.command.clone(),
+            ready: main.ready_at.is_some(),
+            status_text: self.status_text.clone(),
+            notify_socket,
+            pid_file: self.config.pid_file.clone(),
+        }
     }
 
     // ---- the loop ---------------------------------------------------------------------------
@@ -579,12 +635,19 @@ impl Task {
                         return outcome;
                     }
                 }
+                Wake::RetryFiles => {
+                    if let Err(err) = self.write_files(true) {
+                        let delay = self.retry_files.map_or(RETRY_FILES_FIRST, |(_, d)| d);
+                        tracing::warn!(%err, retry_in = %humanize(delay), "still cannot update the files; keeping the previous ones");
+                    }
+                }
             }
         }
     }
 
     async fn next_wake(&mut self) -> Wake {
         let deadline = self.watchdog_deadline;
+        let retry = self.retry_files.map(|(at, _)| at);
         tokio::select! {
             message = recv_notify(self.notify.as_ref()) => Wake::Notify(message),
             () = exited(self.main.as_ref().map(|m| &m.fd)) => Wake::MainExited,
@@ -592,6 +655,7 @@ impl Task {
             () = next_signal(self.sigchld.as_mut()) => Wake::Child,
             request = self.requests.recv() => Wake::Request(request),
             () = sleep_until(deadline) => Wake::Watchdog,
+            () = sleep_until(retry) => Wake::RetryFiles,
         }
     }
 
@@ -621,8 +685,9 @@ impl Task {
                     }
                     match self.start_main() {
                         Ok(()) => return None,
-                        Err(err @ Error::PidFile { .. }) => {
-                            tracing::error!(%err, "cannot update the pid file");
+                        Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
+                            // Started and supervised all the same; the write is retried.
+                            tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
                             return None;
                         }
                         Err(err) => {
@@ -639,13 +704,13 @@ impl Task {
                     }
                 }
                 Decision::Done => {
-                    self.remove_pid_file();
+                    self.remove_files();
                     self.emit(EventKind::Done { last: exit.status });
                     return Some(Finished::Done { last: exit.status });
                 }
                 Decision::GiveUp { reason } => {
                     tracing::error!(%reason, last = %exit.status, "giving up");
-                    self.remove_pid_file();
+                    self.remove_files();
                     self.emit(EventKind::GaveUp { reason: reason.clone(), last: exit.status });
                     return Some(Finished::GaveUp { reason, last: exit.status });
                 }
@@ -662,7 +727,7 @@ impl Task {
                 () = tokio::time::sleep_until(until) => return None,
                 request = self.requests.recv() => match request {
                     Some(Request::Stop) => {
-                        self.remove_pid_file();
+                        self.remove_files();
                         self.emit(EventKind::Stopped { outcome: StopOutcome::NotRunning });
                         return Some(Finished::Stopped(StopOutcome::NotRunning));
                     }
@@ -729,6 +794,12 @@ impl Task {
             main.ready_at = Some(now);
             let pid = main.pid as u32;
             tracing::info!(pid, "service is ready");
+            // The file first: whoever sees the event finds it up to date.
+            if self.config.state_file.is_some()
+                && let Err(err) = self.write_files(false)
+            {
+                tracing::error!(%err, "cannot update the state file; keeping the previous one");
+            }
             self.emit(EventKind::Ready { pid });
         }
         if let Some(text) = note.status {
@@ -783,7 +854,7 @@ impl Task {
                 return;
             }
         };
-        if old_ready || !self.config.notify.is_on() {
+        if old_ready || self.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
         let old_pid = old.pid;
@@ -793,7 +864,7 @@ impl Task {
         self.main_pid_changes += 1;
         tracing::info!(old = old_pid, new, "following the new main pid");
         if let Err(err) = self.install_main(proc) {
-            tracing::error!(%err, "cannot update the pid file");
+            tracing::error!(%err, "cannot update the file; keeping the previous one");
         }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
     }
@@ -879,7 +950,7 @@ impl Task {
         self.drain_notify();
         self.publish(State::Stopping);
         let Some(main) = self.main.take() else {
-            self.remove_pid_file();
+            self.remove_files();
             return StopOutcome::NotRunning;
         };
         let retired = std::mem::take(&mut self.retired);
@@ -902,7 +973,7 @@ impl Task {
         if self.config.subreaper {
             self.reap_orphans();
         }
-        self.remove_pid_file();
+        self.remove_files();
         let pid = main.pid as u32;
         if killed {
             StopOutcome::Killed { pid, status, after }
@@ -917,18 +988,13 @@ impl Task {
         }
         self.drain_notify();
         let main = self.main.as_ref().ok_or(Error::NothingRunning)?;
-        let snapshot = Snapshot {
-            version: SNAPSHOT_VERSION,
-            pid: main.pid as u32,
-            pgid: main.pgid as u32,
-            start_time: main.start_time,
-            since_unix_ms: unix_ms(main.since_wall),
-            command: self.command.clone(),
-            ready: main.ready_at.is_some(),
-            status_text: self.status_text.clone(),
-            notify_socket: self.notify.take().map(NotifySocket::keep),
-            pid_file: self.config.pid_file.clone(),
-        };
+        let notify_socket = self.notify.take().map(NotifySocket::keep);
+        let snapshot = self.snapshot_of(main, notify_socket);
+        if let Some(path) = &self.config.state_file
+            && let Err(err) = snapshot.write(path)
+        {
+            tracing::error!(%err, "cannot write the detached snapshot to the state file");
+        }
         self.emit(EventKind::Detached { pid: snapshot.pid });
         self.main = None;
         Ok(snapshot)
@@ -959,11 +1025,21 @@ impl Task {
         pgids.iter().copied().filter(|g| *g != self.own_pgid && *g > 1).collect()
     }
 
-    fn remove_pid_file(&self) {
+    /// Removes the pid file and the state file (the service is gone for good).
+    fn remove_files(&mut self) {
+        self.retry_files = None;
         if let Some(pid_file) = &self.pid_file
             && let Err(err) = pid_file.remove()
         {
             tracing::warn!(%err, "cannot remove the pid file");
+        }
+        if let Some(path) = &self.config.state_file {
+            match std::fs::remove_file(path) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(%err, path = %path.display(), "cannot remove the state file");
+                }
+                _ => {}
+            }
         }
     }
 

@@ -1,14 +1,17 @@
 //! `lifeline supervise` end to end with shell services and real `systemd-notify(1)`: exit codes,
 //! the one-line give-up message, graceful stop on SIGTERM/SIGINT, the stop signal, the grace
-//! period, the pid file, readiness and `MAINPID=` from `systemd-notify`.
+//! period, the pid file, readiness and `MAINPID=` from `systemd-notify`, `--watchdog` without
+//! `--notify`, `--state` (adoption after a `SIGKILL` of the supervisor, stale snapshots, one
+//! supervisor per state file) and `--die-with-supervisor`.
 #![cfg(feature = "cli")]
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use lifeline::keepalive::Snapshot;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -179,7 +182,6 @@ fn usage_errors() {
     // clap's usage errors exit 2.
     for args in [
         &["supervise"][..],
-        &["supervise", "--watchdog", "1s", "--", "true"],
         &["supervise", "--max-failures", "3", "--", "true"],
         &["supervise", "--grace", "soon", "--", "true"],
     ] {
@@ -242,4 +244,331 @@ fn systemd_notify_ready_and_mainpid_are_accepted_from_the_main_process() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(!alive(new), "stopping the supervisor stopped the new main process");
     assert!(!pid_file.exists());
+}
+
+/// A supervisor's stderr, read line by line on a helper thread while it runs.
+struct Stderr {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Stderr {
+    fn of(child: &mut Child) -> Stderr {
+        let pipe: ChildStderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Stderr { lines, seen: Vec::new() }
+    }
+
+    /// Waits for a line containing `needle` (the line is the event); returns it.
+    fn wait(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(err) => panic!("no stderr line containing {needle:?} ({err}); seen: {:#?}", self.seen),
+            }
+        }
+    }
+
+    /// Everything, once the supervisor has exited (the pipe is closed).
+    fn rest(mut self) -> String {
+        self.seen.extend(self.lines.iter());
+        self.seen.join("\n")
+    }
+}
+
+fn supervise(args: &[&str], state: &Path, pid_file: &Path, service: &[&str]) -> Child {
+    lifeline()
+        .arg("supervise")
+        .args(args)
+        .arg("--state")
+        .arg(state)
+        .arg("--pidfile")
+        .arg(pid_file)
+        .arg("--")
+        .args(service)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lifeline supervise")
+}
+
+/// SIGKILLs the supervisor and reaps it; what it supervised is left as it is.
+fn sigkill(mut sup: Child) {
+    signal(sup.id(), Signal::SIGKILL);
+    sup.wait().expect("reap the killed supervisor");
+}
+
+/// The children of `pid`, from `/proc/<pid>/task/*/children`.
+fn children(pid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.expect("task").path().join("children");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    out
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Stops the supervisor with SIGTERM and checks the clean-stop contract: exit 0, the pid file
+/// and the state file removed, `pid` gone. Returns its stderr.
+fn stop_cleanly(sup: Child, stderr: Stderr, pid_file: &Path, state: &Path, pid: i32) -> String {
+    signal(sup.id(), Signal::SIGTERM);
+    let (status, _, _) = finish(sup);
+    let text = stderr.rest();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(!pid_file.exists(), "the pid file is removed");
+    assert!(!state.exists(), "the state file is removed on a clean stop");
+    assert!(!alive(pid), "the service is stopped");
+    text
+}
+
+#[test]
+fn a_watchdog_without_notify_serves_notify_socket_and_restarts_a_silent_service() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    // Never sends WATCHDOG=1 (nor READY=1). No core file from the watchdog's SIGABRT.
+    let script = format!(
+        "ulimit -c 0; echo \"$$ $NOTIFY_SOCKET $WATCHDOG_USEC $WATCHDOG_PID\" >> {}; exec sleep 600",
+        log.display()
+    );
+    let sup = lifeline()
+        .args(["supervise", "--watchdog", "300ms", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let starts = wait_for("a restart after the watchdog timeout", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.lines().count() >= 2).then_some(text)
+    });
+    for line in starts.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 4, "{line}");
+        assert!(fields[1].starts_with('/'), "NOTIFY_SOCKET is a socket path: {line}");
+        assert_eq!(fields[2], "300000", "WATCHDOG_USEC: {line}");
+        assert_eq!(fields[3], fields[0], "WATCHDOG_PID is the service's own pid: {line}");
+    }
+    signal(sup.id(), Signal::SIGTERM);
+    let (status, _, stderr) = finish(sup);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("watchdog timeout"), "{stderr}");
+}
+
+#[test]
+fn a_watchdog_without_notify_accepts_pings_from_systemd_notify() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: systemd-notify can only speak for its parent as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    // Pings ten times a second and never sends READY=1: without --notify nobody waits for it.
+    let script = format!(
+        "echo start >> {log}; while :; do systemd-notify WATCHDOG=1 || exit 9; echo ping >> {log}; sleep 0.1; done",
+        log = log.display()
+    );
+    let sup = lifeline()
+        .args(["supervise", "--watchdog", "2s", "--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // 25 pings take at least 2.5 s: had they been ignored, the 2 s watchdog would have fired.
+    let text = wait_for("25 pings", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        (text.lines().filter(|l| *l == "ping").count() >= 25).then_some(text)
+    });
+    assert_eq!(text.lines().filter(|l| *l == "start").count(), 1, "restarted: {text}");
+    signal(sup.id(), Signal::SIGTERM);
+    let (status, _, stderr) = finish(sup);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("watchdog timeout"), "{stderr}");
+}
+
+#[test]
+fn after_a_sigkill_of_the_supervisor_a_new_one_adopts_the_service_from_the_state_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let first = supervise(&[], &state, &pid_file, &["sleep", "600"]);
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    let snapshot = wait_for("the state file", || Snapshot::read(&state).ok());
+    assert_eq!(snapshot.pid, pid as u32, "{snapshot:?}");
+    assert_eq!(snapshot.command.display(), "sleep 600");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&state).expect("stat").permissions());
+    assert_eq!(mode & 0o777, 0o600, "the snapshot may carry secrets in the environment");
+
+    // By default the service outlives its supervisor, even a SIGKILLed one.
+    sigkill(first);
+    assert!(alive(pid), "the service died with its supervisor");
+
+    let mut second = supervise(&[], &state, &pid_file, &["sleep", "600"]);
+    let mut stderr = Stderr::of(&mut second);
+    let line = stderr.wait("adopted");
+    assert_eq!(line, format!("lifeline: adopted the running service (pid {pid}) from {}", state.display()));
+    assert_eq!(read_pid(&pid_file), Some(pid));
+    assert!(children(second.id()).is_empty(), "nothing was started: {:?}", children(second.id()));
+
+    // The adopted process is watched through a pidfd: its death is seen and the command restarted.
+    signal(pid as u32, Signal::SIGKILL);
+    let new = wait_for("a restart", || read_pid(&pid_file).filter(|p| *p != pid));
+    assert_eq!(ppid(new), Some(second.id() as i32), "the restarted service is the new supervisor's child");
+    let exited = stderr.wait("service exited");
+    assert!(exited.contains("unknown status"), "a non-child's status cannot be known: {exited}");
+    wait_for("the state file to follow", || Snapshot::read(&state).ok().filter(|s| s.pid == new as u32));
+    stop_cleanly(second, stderr, &pid_file, &state, new);
+}
+
+#[test]
+fn a_stale_state_file_is_ignored_with_a_message_and_the_command_started() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let command = lifeline::keepalive::Command::new("sleep").arg("600");
+
+    // A process that has exited since.
+    let mut gone = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let dead = Snapshot::of_process(gone.id(), command.clone()).expect("snapshot");
+    gone.kill().expect("kill");
+    gone.wait().expect("reap");
+    // A live process with the snapshot's pid but another start time: the pid was reused. It
+    // must not be adopted, nor signalled.
+    let mut stranger = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let mut reused = Snapshot::of_process(stranger.id(), command).expect("snapshot");
+    reused.start_time += 1;
+
+    let cases = [
+        (dead.to_json(), format!("pid {} is not running", dead.pid)),
+        (reused.to_json(), format!("pid {} now belongs to another process", reused.pid)),
+        ("{\"version\":1,\"pid\":".to_owned(), "invalid snapshot".to_owned()),
+    ];
+    for (content, reason) in cases {
+        std::fs::write(&state, content).expect("write state");
+        let mut sup = supervise(&[], &state, &pid_file, &["sleep", "600"]);
+        let mut stderr = Stderr::of(&mut sup);
+        let line = stderr.wait("ignoring");
+        assert!(line.starts_with("lifeline: ignoring "), "{line}");
+        assert!(line.contains(&state.display().to_string()), "names the file: {line}");
+        assert!(line.contains(&reason), "says why ({reason}): {line}");
+        assert!(line.ends_with("; starting the command"), "{line}");
+        let pid = wait_for("the pid file", || read_pid(&pid_file));
+        assert_eq!(ppid(pid), Some(sup.id() as i32), "the command was started");
+        wait_for("the new snapshot", || Snapshot::read(&state).ok().filter(|s| s.pid == pid as u32));
+        stop_cleanly(sup, stderr, &pid_file, &state, pid);
+        assert!(alive(stranger.id() as i32), "the process that reused the pid was left alone");
+    }
+    stranger.kill().expect("kill");
+    stranger.wait().expect("reap");
+}
+
+#[test]
+fn a_second_supervisor_on_the_same_state_file_exits_75_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let mut first = supervise(&[], &state, &pid_file, &["sleep", "600"]);
+    let stderr = Stderr::of(&mut first);
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    let other = dir.path().join("other.pid");
+    let out = lifeline()
+        .args(["supervise", "--state"])
+        .arg(&state)
+        .arg("--pidfile")
+        .arg(&other)
+        .args(["--", "sleep", "600"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(75));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "lifeline: state file {} is in use by another supervisor (pid {})",
+            state.display(),
+            first.id()
+        )
+    );
+    assert!(!other.exists(), "nothing was started");
+    assert!(alive(pid));
+    stop_cleanly(first, stderr, &pid_file, &state, pid);
+}
+
+#[test]
+fn with_die_with_supervisor_a_sigkill_of_the_supervisor_sends_the_service_the_stop_signal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ready, got) = (dir.path().join("ready"), dir.path().join("got"));
+    let pid_file = dir.path().join("svc.pid");
+    let script = format!(
+        "trap 'echo USR1 > {got}; exit 0' USR1; touch {ready}; while :; do sleep 0.1; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let sup = lifeline()
+        .args(["supervise", "--die-with-supervisor", "--stop-signal", "SIGUSR1", "--pidfile"])
+        .arg(&pid_file)
+        .args(["--", "sh", "-c", &script])
+        .spawn()
+        .expect("spawn");
+    wait_for("the trap", || ready.exists().then_some(()));
+    let pid = read_pid(&pid_file).expect("pid file");
+    sigkill(sup);
+    wait_for("the service to die with its supervisor", || (!alive(pid)).then_some(()));
+    assert_eq!(std::fs::read_to_string(&got).expect("the service got a signal").trim(), "USR1");
+}
+
+#[test]
+fn an_adopted_service_keeps_its_notify_socket_and_its_handover_is_followed() {
+    // systemd-notify speaks for its parent (our main process) only with CAP_SYS_ADMIN.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: systemd-notify can only speak for its parent as root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let (go, successor) = (dir.path().join("go"), dir.path().join("successor"));
+    // Ready at once; once `go` exists, starts a successor and announces it, then exits.
+    let script = format!(
+        "systemd-notify --ready || exit 9; while [ ! -e {go} ]; do sleep 0.05; done; \
+         sleep 600 & echo $! > {succ}.tmp && mv {succ}.tmp {succ}; \
+         systemd-notify MAINPID=$! || exit 9; exit 0",
+        go = go.display(),
+        succ = successor.display()
+    );
+    let service = ["sh", "-c", &script];
+    let first = supervise(&["--notify"], &state, &pid_file, &service);
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    let snapshot = wait_for("READY=1 in the state file", || Snapshot::read(&state).ok().filter(|s| s.ready));
+    assert!(snapshot.notify_socket.is_some(), "{snapshot:?}");
+    sigkill(first);
+
+    let mut second =
+        supervise(&["--notify", "--max-failures", "1", "--within", "1m"], &state, &pid_file, &service);
+    let mut stderr = Stderr::of(&mut second);
+    stderr.wait(&format!("adopted the running service (pid {pid})"));
+    std::fs::write(&go, "").expect("go");
+    let new = wait_for("the successor's pid", || read_pid(&successor));
+    wait_for("the pid file to follow MAINPID=", || (read_pid(&pid_file) == Some(new)).then_some(()));
+    wait_for("the state file to follow MAINPID=", || {
+        Snapshot::read(&state).ok().filter(|s| s.pid == new as u32)
+    });
+    // Had the old main process's exit counted as a crash, the supervisor would have given up.
+    let text = stop_cleanly(second, stderr, &pid_file, &state, new);
+    assert!(!text.contains("service exited"), "{text}");
 }

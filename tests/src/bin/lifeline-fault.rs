@@ -6,7 +6,9 @@
 //! and checks that what must survive does. One line per scenario: PASS, FAIL (with why) or SKIP
 //! (with why: e.g. mounting a tmpfs needs root). Exits 1 if any scenario failed.
 //!
-//! Usage: `lifeline-fault --lifeline PATH --server PATH [--only NAME]`
+//! Usage: `lifeline-fault --lifeline PATH --server PATH [--only NAME]`. The fixture
+//! `fault-lock-holder` is expected next to this program's own executable (`cargo xtask fault`
+//! builds both).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ type Attack = dyn Fn(&Path) -> std::io::Result<()>;
 struct Suite {
     lifeline: PathBuf,
     server: PathBuf,
+    /// The `fault-lock-holder` fixture.
+    lock_holder: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -46,13 +50,19 @@ fn main() -> ExitCode {
     };
     let only = value("--only");
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let suite = Suite { lifeline: lifeline.into(), server: server.into() };
+    let lock_holder =
+        std::env::current_exe().map(|exe| exe.with_file_name("fault-lock-holder")).unwrap_or_default();
+    let suite = Suite { lifeline: lifeline.into(), server: server.into(), lock_holder };
 
     let scenarios: &[(&str, Scenario)] = &[
         ("full disk while writing the lock file", Suite::full_disk_lock_file),
+        ("full disk while writing the pid file", Suite::full_disk_pid_file),
         ("read-only state directory", Suite::read_only_state_dir),
         ("fd limit too low for control connections", Suite::fd_limit),
         ("successor SIGSTOPped mid-start", Suite::stopped_successor),
+        ("SIGKILL of the supervisor: the service survives and is re-adopted", Suite::supervisor_killed),
+        ("SIGKILL of the supervisor with --die-with-supervisor", Suite::supervisor_killed_service_dies),
+        ("orphaned grandchild holding the state-dir lock", Suite::orphan_holds_lock),
         ("cert file replaced by a directory, a dangling symlink, 10 MB of garbage", Suite::broken_cert_files),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -242,6 +252,149 @@ fn alive(pid: u32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
+/// The children of `pid` (every thread's), from `/proc`.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
+}
+
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The pid that holds the `flock` on `file`, from `/proc/locks`. Looking takes no lock: a probe
+/// with `flock -n` would, for an instant, and a service acquiring the lock at that instant would
+/// find it held and exit 75.
+fn lock_holder(file: &Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(file).ok()?;
+    let id = format!("{:02x}:{:02x}:{}", libc::major(meta.dev()), libc::minor(meta.dev()), meta.ino());
+    // 1: FLOCK  ADVISORY  WRITE 12345 fe:00:10248354 0 EOF
+    std::fs::read_to_string("/proc/locks").ok()?.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&id.as_str()))
+            .then(|| fields.get(4)?.parse().ok())?
+    })
+}
+
+/// Tells a helper thread to stop when dropped (also when a scenario fails half-way).
+#[derive(Default)]
+struct StopFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `lifeline supervise ARGS -- CMD`, its stderr in a log file. When dropped, a supervisor still
+/// running gets `SIGKILL`, and so does the process group of a service its pid file still names
+/// (after a clean stop there is none: this is for scenarios that failed half-way).
+struct Supervise {
+    child: Child,
+    log: PathBuf,
+    pid_file: PathBuf,
+}
+
+impl Supervise {
+    fn start(
+        suite: &Suite,
+        log: &Path,
+        pid_file: &Path,
+        args: &[&str],
+        cmd: &[&Path],
+    ) -> anyhow::Result<Supervise> {
+        let child = Command::new(&suite.lifeline)
+            .arg("supervise")
+            .arg("--pidfile")
+            .arg(pid_file)
+            .args(args)
+            .arg("--")
+            .args(cmd)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .context("start lifeline supervise")?;
+        Ok(Supervise { child, log: log.to_path_buf(), pid_file: pid_file.to_path_buf() })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for a line of its stderr containing `needle`; returns it.
+    fn wait_log(&self, needle: &str) -> anyhow::Result<String> {
+        let mut found = None;
+        wait_until(&format!("the supervisor to log {needle:?}"), || {
+            found = self.log().lines().find(|l| l.contains(needle)).map(str::to_owned);
+            found.is_some()
+        })
+        .with_context(|| format!("its stderr so far: {}", self.log()))?;
+        found.context("found")
+    }
+
+    /// Waits for the pid file to name a live process other than `not`.
+    fn wait_pid(&self, not: Option<u32>) -> anyhow::Result<u32> {
+        let mut pid = None;
+        wait_until("the pid file to name the service", || {
+            pid = read_pid(&self.pid_file).filter(|p| Some(*p) != not && alive(*p));
+            pid.is_some()
+        })
+        .with_context(|| format!("supervisor stderr: {}", self.log()))?;
+        pid.context("pid")
+    }
+
+    /// SIGKILLs the supervisor alone (the service is left as the supervisor left it).
+    fn sigkill(&mut self) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL)?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM: must exit 0 within [`PATIENCE`] having removed the pid file.
+    fn stop(mut self) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM)?;
+        let mut status = None;
+        wait_until("the supervisor to exit after SIGTERM", || {
+            status = self.child.try_wait().ok().flatten();
+            status.is_some()
+        })?;
+        ensure!(status.is_some_and(|s| s.success()), "exit status {status:?} after SIGTERM: {}", self.log());
+        ensure!(!self.pid_file.exists(), "the pid file is still there after a clean stop");
+        Ok(())
+    }
+}
+
+impl Drop for Supervise {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // The service leads its own process group.
+        if let Some(pid) = read_pid(&self.pid_file) {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
@@ -272,6 +425,246 @@ impl Suite {
             Some(0) => "the lock needs no data blocks: taken and released".to_owned(),
             _ => format!("refused in one line: {}", stderr.trim()),
         }))
+    }
+
+    /// `lifeline supervise --pidfile` on a full file system: the service is killed, the restart
+    /// cannot write the new pid file. The old pid file must stay complete (a concurrent reader
+    /// never sees it empty or partial), the supervisor must keep supervising the new process, and
+    /// once space is freed its retry must bring the pid file up to date.
+    fn full_disk_pid_file(&self) -> Outcome {
+        let fs = match Tmpfs::mount("size=64k,nr_inodes=64")? {
+            Ok(fs) => fs,
+            Err(skip) => return Ok(Err(skip)),
+        };
+        let logs = tempfile::tempdir()?;
+        let pid_file = fs.path().join("svc.pid");
+        let sup = Supervise::start(
+            self,
+            &logs.path().join("supervise.log"),
+            &pid_file,
+            &[],
+            &[Path::new("sleep"), Path::new("1000")],
+        )?;
+        let first = sup.wait_pid(None)?;
+        let before = std::fs::read(&pid_file)?;
+        fs.fill()?;
+        let stop = StopFlag::default();
+        let reader = std::thread::spawn({
+            let (stop, pid_file) = (stop.0.clone(), pid_file.clone());
+            move || {
+                let (mut reads, mut seen) = (0u64, std::collections::BTreeSet::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    reads += 1;
+                    seen.insert(std::fs::read(&pid_file).map_err(|e| e.to_string()));
+                }
+                (reads, seen)
+            }
+        });
+        kill(Pid::from_raw(first as i32), Signal::SIGKILL)?;
+        let logged = sup.wait_log("cannot write pid file")?;
+        ensure!(logged.contains("No space left on device"), "another failure: {logged}");
+        let second = children(sup.pid()).into_iter().find(|p| *p != first && alive(*p));
+        let second = second.with_context(|| format!("the supervisor runs no service: {}", sup.log()))?;
+        ensure!(alive(sup.pid()), "the supervisor died: {}", sup.log());
+        ensure!(std::fs::read(&pid_file)? == before, "the old pid file changed");
+        let mut names: Vec<String> = std::fs::read_dir(fs.path())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        ensure!(names == ["filler", "svc.pid"], "temporary files left behind: {names:?}");
+        // Space comes back: the retry (1 s, then 2 s, ...) writes the current pid.
+        std::fs::remove_file(fs.path().join("filler"))?;
+        let expected = format!("{second}\n").into_bytes();
+        wait_until("the retry to write the new pid", || {
+            std::fs::read(&pid_file).is_ok_and(|c| c == expected)
+        })
+        .with_context(|| format!("supervisor stderr: {}", sup.log()))?;
+        drop(stop);
+        let (reads, seen) = reader.join().map_err(|_| anyhow::anyhow!("the reader panicked"))?;
+        let allowed = [Ok(before.clone()), Ok(expected)];
+        let bad: Vec<_> = seen.iter().filter(|c| !allowed.contains(c)).collect();
+        ensure!(bad.is_empty(), "a reader saw {bad:?}");
+        sup.stop()?;
+        Ok(Ok(format!(
+            "restart of {first} → {second} logged `cannot write pid file … No space left on device`; the old \
+             file stayed `{first}` ({reads} concurrent reads, never empty or partial), no temp file left, \
+             the new service supervised; after freeing space the retry wrote `{second}`"
+        )))
+    }
+
+    /// `lifeline supervise --state F --pidfile P -- lifeline lock DIR -- sleep 1000`, then SIGKILL of
+    /// the supervisor: the service survives; a second supervisor with the same files adopts it (a
+    /// second instance would exit 75 on the lock); SIGKILL of the service: the new supervisor
+    /// restarts it; SIGTERM: a clean stop.
+    fn supervisor_killed(&self) -> Outcome {
+        let dir = tempfile::tempdir()?;
+        let (state, pid_file, data) =
+            (dir.path().join("svc.state"), dir.path().join("svc.pid"), dir.path().join("data"));
+        std::fs::create_dir(&data)?;
+        let lock_file = data.join(".lifeline.lock");
+        let service = [
+            self.lifeline.as_path(),
+            Path::new("lock"),
+            &data,
+            Path::new("--"),
+            Path::new("sleep"),
+            Path::new("1000"),
+        ];
+        let state_arg = ["--state", state.to_str().context("utf-8 path")?];
+
+        let mut first =
+            Supervise::start(self, &dir.path().join("first.log"), &pid_file, &state_arg, &service)?;
+        let pid = first.wait_pid(None)?;
+        wait_until("the state file to name the service", || {
+            keepalive::Snapshot::read(&state).is_ok_and(|s| s.pid == pid)
+        })?;
+        wait_until("the service to hold the lock", || lock_holder(&lock_file) == Some(pid))?;
+        first.sigkill()?;
+        ensure!(alive(pid), "the service died with its supervisor");
+        ensure!(lock_holder(&lock_file) == Some(pid), "the service lost its lock");
+
+        let second = Supervise::start(self, &dir.path().join("second.log"), &pid_file, &state_arg, &service)?;
+        let adopted = second.wait_log("adopted")?;
+        ensure!(adopted.contains(&format!("(pid {pid})")), "adopted another pid: {adopted}");
+        ensure!(children(second.pid()).is_empty(), "a second instance was started: {}", second.log());
+        ensure!(read_pid(&pid_file) == Some(pid), "the pid file no longer names the adopted service");
+        ensure!(!second.log().contains("service exited"), "{}", second.log());
+        // What a second instance would have met:
+        let contender = self.lifeline(&["lock", data.to_str().context("utf-8 path")?, "--", "true"])?;
+        ensure!(
+            contender.status.code() == Some(75),
+            "a second `lifeline lock` was not refused: {contender:?}"
+        );
+
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+        let exited = second.wait_log("service exited")?;
+        let restarted = second.wait_pid(Some(pid))?;
+        ensure!(
+            ppid(restarted) == Some(second.pid()),
+            "the restarted service is not the new supervisor's child"
+        );
+        wait_until("the restarted service to hold the lock", || lock_holder(&lock_file) == Some(restarted))?;
+        ensure!(alive(restarted), "the restarted service did not stay up (locked out?): {}", second.log());
+        second.stop()?;
+        ensure!(!alive(restarted), "the service survived the clean stop");
+        ensure!(!state.exists(), "the state file survived the clean stop");
+        let status = exited.split("status=").nth(1).and_then(|r| r.split(" runtime=").next()).unwrap_or("?");
+        Ok(Ok(format!(
+            "service {pid} outlived the SIGKILLed supervisor; the next one adopted it (no second instance); \
+             its SIGKILL was seen ({status}) and it was restarted as {restarted}; clean stop"
+        )))
+    }
+
+    /// The same with `--die-with-supervisor`: SIGKILL of the supervisor takes the service down
+    /// (it gets the stop signal); the next supervisor finds the state file stale, says so, and
+    /// starts the service, which gets the lock.
+    fn supervisor_killed_service_dies(&self) -> Outcome {
+        let dir = tempfile::tempdir()?;
+        let (state, pid_file, data) =
+            (dir.path().join("svc.state"), dir.path().join("svc.pid"), dir.path().join("data"));
+        std::fs::create_dir(&data)?;
+        let lock_file = data.join(".lifeline.lock");
+        let service = [
+            self.lifeline.as_path(),
+            Path::new("lock"),
+            &data,
+            Path::new("--"),
+            Path::new("sleep"),
+            Path::new("1000"),
+        ];
+        let state = state.to_str().context("utf-8 path")?;
+
+        let mut first = Supervise::start(
+            self,
+            &dir.path().join("first.log"),
+            &pid_file,
+            &["--die-with-supervisor", "--state", state],
+            &service,
+        )?;
+        let pid = first.wait_pid(None)?;
+        wait_until("the service to hold the lock", || lock_holder(&lock_file) == Some(pid))?;
+        first.sigkill()?;
+        wait_until("the service to die with its supervisor", || !alive(pid))?;
+        wait_until("the lock to be released", || lock_holder(&lock_file).is_none())?;
+
+        let second =
+            Supervise::start(self, &dir.path().join("second.log"), &pid_file, &["--state", state], &service)?;
+        let ignored = second.wait_log("ignoring stale state file")?;
+        ensure!(ignored.contains(&format!("pid {pid} is not running")), "{ignored}");
+        let started = second.wait_pid(Some(pid))?;
+        ensure!(ppid(started) == Some(second.pid()), "the new service is not the supervisor's child");
+        wait_until("the new service to hold the lock", || lock_holder(&lock_file) == Some(started))?;
+        second.stop()?;
+        Ok(Ok(format!(
+            "service {pid} died with its SIGKILLed supervisor; the next one ignored the stale state file and started {started}"
+        )))
+    }
+
+    /// A service crashes (abort) leaving a grandchild that inherited its state-dir lock: the
+    /// supervisor must stop the crashed process group before restarting, so the restart gets the
+    /// lock instead of exiting 75 forever, and the grandchild is gone.
+    fn orphan_holds_lock(&self) -> Outcome {
+        ensure!(
+            self.lock_holder.exists(),
+            "fixture {} not found (cargo xtask fault builds it)",
+            self.lock_holder.display()
+        );
+        let dir = tempfile::tempdir()?;
+        let (data, marker, log) =
+            (dir.path().join("state"), dir.path().join("crashed"), dir.path().join("runs.log"));
+        std::fs::create_dir(&data)?;
+        let service = [
+            self.lock_holder.as_path(),
+            Path::new("--dir"),
+            &data,
+            Path::new("--marker"),
+            &marker,
+            Path::new("--log"),
+            &log,
+        ];
+        let sup = Supervise::start(
+            self,
+            &dir.path().join("supervise.log"),
+            &dir.path().join("svc.pid"),
+            &[],
+            &service,
+        )?;
+        let runs = |n: usize| {
+            let mut lines = Vec::new();
+            wait_until(&format!("{n} runs of the service"), || {
+                lines =
+                    std::fs::read_to_string(&log).unwrap_or_default().lines().map(str::to_owned).collect();
+                lines.len() >= n
+            })
+            .map(|()| lines.clone())
+        };
+        let lines = runs(2).with_context(|| format!("supervisor stderr: {}", sup.log()))?;
+        let field = |line: &str, key: &str| -> Option<u32> {
+            line.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+        };
+        ensure!(
+            lines[0].starts_with("run=1 ") && lines[0].ends_with(" holds=true"),
+            "first run: {}",
+            lines[0]
+        );
+        let orphan = field(&lines[0], "grandchild").context("grandchild pid")?;
+        ensure!(!lines[1].contains("locked-out"), "the restart was locked out: {}", lines[1]);
+        ensure!(
+            lines[1].starts_with("run=2 ") && lines[1].ends_with(" holds=true"),
+            "second run: {}",
+            lines[1]
+        );
+        let second = field(&lines[1], "pid").context("pid")?;
+        ensure!(!alive(orphan), "the orphaned grandchild {orphan} is still running");
+        ensure!(alive(second), "the restarted service is not running");
+        let crash = sup.wait_log("service exited")?;
+        ensure!(crash.contains("SIGABRT"), "{crash}");
+        sup.stop()?;
+        ensure!(!alive(second), "the service survived the clean stop");
+        Ok(Ok(format!(
+            "the crash left grandchild {orphan} holding the lock; it was stopped with the crashed group, \
+             the restart ({second}) took the lock at once"
+        )))
     }
 
     /// The example server on a read-only state directory: a clear error naming the directory,

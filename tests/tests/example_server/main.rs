@@ -1,6 +1,7 @@
 //! The example HTTPS server (`crates/lifeline/examples/https-server.rs`) end to end: real
 //! processes driven through the `lifeline` CLI, real TLS on 127.0.0.1, real files, sockets and
-//! signals, `flock(1)` and `systemd-socket-activate` as outside peers.
+//! signals, `flock(1)` and `systemd-socket-activate` as outside peers, and `lifeline supervise`
+//! following its handovers.
 //!
 //! Build the binaries first (`cargo build -p lifeline --features cli --bins --examples`), or let
 //! `lifeline_tests::workspace_binary` build them.
@@ -9,6 +10,7 @@ mod certs;
 mod control;
 mod handover;
 mod serving;
+mod supervised;
 mod support;
 mod systemd;
 mod upgrades;

@@ -1,12 +1,24 @@
 //! `lifeline supervise`: run a command and keep it running.
+//!
+//! Beyond DESIGN.md's contract: `--state FILE` keeps a snapshot of the service so that a new
+//! supervisor adopts it (instead of starting a second instance) after this one was killed, and
+//! `--die-with-supervisor` makes the service go down with the supervisor instead.
 
-use std::path::PathBuf;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use keepalive::{Backoff, Command, Config, Finished, Notify, RestartOn, Signal, StopOutcome, Supervisor};
+use dirlock::{DirLock, LockOptions};
+use keepalive::{
+    Backoff, Command, Config, Error, Finished, Lifetime, Notify, Readiness, RestartOn, Signal, Snapshot,
+    StopOutcome, Supervised, Supervisor,
+};
 use tokio::signal::unix::{SignalKind, signal};
+
+/// Exit status when another supervisor holds the state file (`EX_TEMPFAIL`, as `lifeline lock`).
+const EXIT_LOCKED: u8 = 75;
 
 /// Arguments of `lifeline supervise`.
 #[derive(Debug, clap::Args)]
@@ -23,8 +35,9 @@ pub(crate) struct Args {
     /// Serve `NOTIFY_SOCKET`: `READY=1` marks the service started, `MAINPID=` is followed.
     #[arg(long)]
     notify: bool,
-    /// Restart the service when it does not send WATCHDOG=1 this often.
-    #[arg(long, value_parser = crate::parse_duration, requires = "notify")]
+    /// Restart the service when it does not send WATCHDOG=1 this often. Serves `NOTIFY_SOCKET`
+    /// (with `WATCHDOG_USEC`) even without --notify; then the service counts as started at once.
+    #[arg(long, value_parser = crate::parse_duration)]
     watchdog: Option<Duration>,
     /// Give up after N failures within the --within window.
     #[arg(long, requires = "within")]
@@ -35,6 +48,15 @@ pub(crate) struct Args {
     /// Which exits are restarted: every exit (a service runs forever), only failures, or none.
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     restart: Restart,
+    /// Keep a snapshot of the service in FILE (JSON, replaced atomically); on start, adopt the
+    /// process it names if it still runs (same pid and start time) instead of starting CMD. A
+    /// stale snapshot is ignored. Removed on a clean stop. One supervisor per FILE (FILE.lock).
+    #[arg(long, value_name = "FILE")]
+    state: Option<PathBuf>,
+    /// Send the service --stop-signal when the supervisor dies, even by SIGKILL (default: the
+    /// service keeps running, for a new supervisor to adopt with --state).
+    #[arg(long)]
+    die_with_supervisor: bool,
     /// The command to supervise.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
@@ -68,8 +90,16 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
     let config = Config {
         stop_signal,
         grace: args.grace,
-        pid_file: args.pidfile,
-        notify: if args.notify { Notify::PrivateDir } else { Notify::Off },
+        lifetime: if args.die_with_supervisor {
+            Lifetime::DieWithSupervisor { signal: stop_signal }
+        } else {
+            Lifetime::OutliveSupervisor
+        },
+        pid_file: args.pidfile.clone(),
+        state_file: args.state.clone(),
+        // A watchdog needs a socket to be fed through; without --notify nobody awaits READY=1.
+        notify: if args.notify || args.watchdog.is_some() { Notify::PrivateDir } else { Notify::Off },
+        readiness: if args.notify { Readiness::Notified } else { Readiness::Started },
         watchdog: args.watchdog,
         // Orphans of the service are re-parented to us and reaped; a handover successor becomes
         // our child once its parent exits, so its exit status stays known.
@@ -79,6 +109,15 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
     let (program, rest) = args.cmd.split_first().context("no command given")?;
     let command = Command::new(program.clone()).args(rest.iter().cloned());
     let display = command.display();
+    // Held until we exit (close-on-exec: the service does not inherit it); the kernel drops it
+    // if we are killed, so a new supervisor can take over at once.
+    let _state_lock = match &args.state {
+        Some(state) => match lock_state(state)? {
+            Some(lock) => Some(lock),
+            None => return Ok(ExitCode::from(EXIT_LOCKED)),
+        },
+        None => None,
+    };
 
     // Handlers first: a SIGTERM right after the start must stop the service, not kill only us.
     let mut term = signal(SignalKind::terminate())?;
@@ -87,7 +126,11 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
 
-    let mut supervised = Supervisor::new(command).config(config).policy(policy).spawn()?;
+    let supervisor = || Supervisor::new(command.clone()).config(config.clone()).policy(policy.clone());
+    let mut supervised = match &args.state {
+        Some(state) => adopt_or_spawn(state, supervisor, &display, args.die_with_supervisor)?,
+        None => supervisor().spawn()?,
+    };
     loop {
         let action = tokio::select! {
             finished = supervised.wait() => Action::Finished(finished),
@@ -118,6 +161,69 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
                 anyhow::bail!("supervisor of `{display}` ended unexpectedly: {other:?}")
             }
         }
+    }
+}
+
+/// Locks `FILE.lock` beside the state file, so that two supervisors never adopt the same
+/// service. `None` (after a message) when another supervisor holds it.
+fn lock_state(state: &Path) -> anyhow::Result<Option<DirLock>> {
+    let dir = match state.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = state.file_name().with_context(|| format!("--state {}: not a file name", state.display()))?;
+    let mut lock_name = name.to_os_string();
+    lock_name.push(".lock");
+    match DirLock::acquire_with(dir, &LockOptions::new().file_name(lock_name)) {
+        Ok(lock) => Ok(Some(lock)),
+        Err(err) if err.is_contention() => {
+            let holder = err.holder_pid().map_or_else(String::new, |pid| format!(" (pid {pid})"));
+            eprintln!("lifeline: state file {} is in use by another supervisor{holder}", state.display());
+            Ok(None)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot lock state file {}", state.display())),
+    }
+}
+
+/// Adopts the service the state file names if it still runs; otherwise (no file, or a stale
+/// snapshot: said on stderr) starts the command.
+fn adopt_or_spawn(
+    state: &Path,
+    supervisor: impl Fn() -> Supervisor,
+    display: &str,
+    die_with_supervisor: bool,
+) -> anyhow::Result<Supervised> {
+    let shown = state.display();
+    let snapshot = match Snapshot::read(state) {
+        Ok(snapshot) => snapshot,
+        Err(Error::ReadSnapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(supervisor().spawn()?);
+        }
+        Err(err) => {
+            eprintln!("lifeline: ignoring state file {shown}: {err}; starting the command");
+            return Ok(supervisor().spawn()?);
+        }
+    };
+    let pid = snapshot.pid;
+    match supervisor().adopt(&snapshot) {
+        Ok(supervised) => {
+            let mut line = format!("lifeline: adopted the running service (pid {pid}) from {shown}");
+            let started_as = snapshot.command.display();
+            if started_as != display {
+                let _ = write!(line, " (it was started as `{started_as}`; restarts run `{display}`)");
+            }
+            if die_with_supervisor {
+                // PR_SET_PDEATHSIG can only be set by a process on itself before we exec it.
+                line.push_str("; not our child, it will not die with this supervisor");
+            }
+            eprintln!("{line}");
+            Ok(supervised)
+        }
+        Err(err @ (Error::NotRunning { .. } | Error::PidReused { .. })) => {
+            eprintln!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
+            Ok(supervisor().spawn()?)
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot adopt pid {pid} from state file {shown}")),
     }
 }
 
