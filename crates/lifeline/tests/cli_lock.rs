@@ -194,8 +194,9 @@ fn sigterm_and_sigint_are_forwarded_to_the_command() {
     let dir = tempfile::tempdir().unwrap();
     for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
         let script = concat!(
-            r#"trap 'echo "got $1"; exit 7' TERM INT HUP; echo ready; "#,
-            "while :; do sleep 5 >/dev/null & wait $!; done"
+            r#"trap 'echo "got $1"; kill $! 2>/dev/null; exit 7' TERM INT HUP; echo ready; "#,
+            // The background sleep is killed on the way out and holds none of the test's pipes.
+            "while :; do sleep 5 >/dev/null 2>&1 & wait $!; done"
         );
         let mut child = lifeline()
             .arg("lock")
