@@ -49,7 +49,7 @@ impl LockOptions {
     /// Wait up to `timeout` for a lock held elsewhere instead of failing at once.
     ///
     /// The first attempt is immediate; while the lock stays held, attempts are retried with a
-    /// backoff from about 1 ms doubling to a 10 ms cap, each delay jittered by ±25 % so waiters
+    /// backoff from about 1 ms doubling to a 16 ms cap, each delay jittered by ±25 % so waiters
     /// do not wake in lockstep. A waiter never spins: between sleeps it keeps the lock file open
     /// and a retry costs two system calls (the lock, and a check that the file is still at the
     /// path). `waiting for lock on …` is logged once at `info` level. [`Duration::ZERO`] tries
