@@ -173,7 +173,7 @@ fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     }
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Error> {
+fn decode<T: Serialize + for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Error> {
     let (version, rest): (u32, &[u8]) =
         postcard::take_from_bytes(payload).map_err(|err| Error::Malformed { reason: err.to_string() })?;
     if version != PROTOCOL_VERSION {
@@ -183,6 +183,12 @@ fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, Error> {
         postcard::take_from_bytes(rest).map_err(|err| Error::Malformed { reason: err.to_string() })?;
     if !rest.is_empty() {
         return Err(Error::Malformed { reason: format!("{} trailing bytes", rest.len()) });
+    }
+    // postcard's varint decoder accepts overlong forms (`[0x80, 0x00]` reads as 0). One value
+    // has exactly one encoding on this wire: anything else is refused, so that a decoded frame
+    // is always the frame its sender would have written.
+    if postcard::to_stdvec(&(PROTOCOL_VERSION, &value)).ok().as_deref() != Some(payload) {
+        return Err(Error::Malformed { reason: "non-canonical encoding (overlong integer)".to_owned() });
     }
     Ok(value)
 }

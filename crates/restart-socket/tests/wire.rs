@@ -161,3 +161,17 @@ fn the_version_is_the_first_byte_of_every_frame() {
 fn an_empty_payload_is_malformed() {
     assert!(matches!(wire::decode_request(&[]), Err(Error::Malformed { .. })));
 }
+
+#[test]
+fn overlong_integers_are_malformed() {
+    // `RestartComplete { pid: 128 }` is [version, variant 0, 0x80, 0x01]; postcard alone would
+    // also read [.., 0x80, 0x00] (an overlong 0) and [0x81, 0x00, ..] (an overlong version 1).
+    let valid = payload(&wire::encode_response(&Response::RestartComplete { pid: 128 })).to_vec();
+    assert_eq!(valid, [1, 0, 0x80, 0x01]);
+    for bytes in [&[1, 0, 0x80, 0x00][..], &[0x81, 0x00, 0, 0x80, 0x01], &[1, 0x80, 0x00, 0x80, 0x01]] {
+        let got = wire::decode_response(bytes);
+        assert!(matches!(got, Err(Error::Malformed { .. })), "{bytes:?} decoded to {got:?}");
+    }
+    assert!(matches!(wire::decode_request(&[0x81, 0x00, 0]), Err(Error::Malformed { .. })));
+    assert_eq!(wire::decode_response(&valid).unwrap(), Response::RestartComplete { pid: 128 });
+}
