@@ -23,6 +23,17 @@ const TOP: f64 = 40.0;
 const BOTTOM: f64 = 60.0;
 const COLOURS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
 
+/// The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10ⁿ that is at least `v` (> 0): the top
+/// of an axis whose five ticks then fall on round numbers (a CDF's 100 % stays 100, not 105).
+fn nice_ceil(v: f64) -> f64 {
+    let scale = 10_f64.powf(v.log10().floor());
+    [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .into_iter()
+        .map(|m| m * scale)
+        .find(|&top| top >= v * (1.0 - 1e-9))
+        .unwrap_or(v)
+}
+
 /// Renders the series as an SVG document.
 pub(crate) fn line_chart(
     title: &str,
@@ -46,7 +57,7 @@ pub(crate) fn line_chart(
         x_min = 0.0;
     }
     let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
-    let y_max = if y_max > 0.0 { y_max * 1.05 } else { 1.0 };
+    let y_max = if y_max > 0.0 { nice_ceil(y_max) } else { 1.0 };
     let sx = |x: f64| LEFT + (x - x_min) / (x_max - x_min) * (W - LEFT - RIGHT);
     let sy = |y: f64| H - BOTTOM - y / y_max * (H - TOP - BOTTOM);
 
@@ -161,4 +172,18 @@ fn num(v: f64) -> String {
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nice_ceil;
+
+    #[test]
+    fn axis_tops_are_round_numbers_at_or_above_the_data() {
+        for (v, top) in
+            [(100.0, 100.0), (99.2, 100.0), (101.0, 120.0), (830.0, 1000.0), (0.37, 0.4), (2.1, 2.5)]
+        {
+            assert!((nice_ceil(v) - top).abs() < 1e-9, "nice_ceil({v}) = {}, want {top}", nice_ceil(v));
+        }
+    }
 }
