@@ -1,6 +1,7 @@
 //! `lifeline supervise` with the keepalive fixtures: five `MAINPID=` handovers in a row triggered
 //! through the supervisor (SIGUSR2 is forwarded to the main process), with the successor in the
-//! old process group or in its own; forwarded SIGHUP/SIGUSR1/SIGUSR2; a watchdog restart.
+//! old process group or in its own; forwarded SIGHUP/SIGUSR1/SIGUSR2; a watchdog restart; a start
+//! timeout restart (`--start-timeout`).
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -119,6 +120,35 @@ fn sighup_sigusr1_sigusr2_are_forwarded_to_the_main_process() {
     send(sup.id(), Signal::SIGTERM);
     let (status, stderr) = finish(sup);
     assert_eq!(status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_start_timeout_restarts_a_service_that_never_sends_ready() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("pid");
+    let sup = supervise(
+        &["--notify", "--start-timeout", "300ms", "--pidfile", &pidfile.display().to_string()],
+        &["sleep", "600"],
+    );
+    let first = wait_for("the first pid", || read_pid(&pidfile));
+    let second = wait_for("a restart after the start timeout", || read_pid(&pidfile).filter(|p| *p != first));
+    wait_for("the first instance stopped", || gone(first).then_some(()));
+    send(sup.id(), Signal::SIGTERM);
+    let (status, stderr) = finish(sup);
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("start timeout"), "{stderr}");
+    assert!(gone(second), "stopped with the supervisor");
+}
+
+#[test]
+fn a_start_timeout_needs_notify() {
+    let out = Command::new(lifeline_bin())
+        .args(["supervise", "--start-timeout", "1s", "--", "true"])
+        .output()
+        .expect("run lifeline supervise");
+    assert_eq!(out.status.code(), Some(2), "usage error: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--notify"), "{stderr}");
 }
 
 #[test]

@@ -477,6 +477,76 @@ async fn a_watchdog_needs_notification() {
     assert!(matches!(result, Err(Error::WatchdogWithoutNotify)), "{result:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_never_sends_ready_is_stopped_and_restarted_after_the_start_timeout() {
+    let timeout = Duration::from_millis(300);
+    let config = Config { notify: Notify::PrivateDir, start_timeout: Some(timeout), ..Config::default() };
+    // `sleep` never sends READY=1 and dies of the stop signal (SIGTERM).
+    let supervised = Supervisor::new(Command::new("sleep").arg("600"))
+        .config(config)
+        .policy(Backoff::scaled(Duration::from_millis(10)))
+        .spawn()
+        .expect("spawn");
+    let mut events = supervised.events();
+    let seen = until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
+    supervised.stop().await.expect("stop");
+
+    let first = started_pid(&seen[0].kind).expect("first start");
+    let at = |pred: &dyn Fn(&EventKind) -> bool| seen.iter().find(|e| pred(&e.kind)).map(|e| e.at);
+    let timed_out =
+        at(&|k| *k == EventKind::StartTimeout { pid: first, after: timeout }).expect("start timeout");
+    // The timeout runs from just before the fork; the Started event is stamped a little later.
+    assert!(timed_out - seen[0].at >= timeout / 2, "timed out after {:?}", timed_out - seen[0].at);
+    assert!(
+        seen.iter().any(|e| matches!(
+            e.kind,
+            EventKind::Exited { pid, status: ExitStatus::Signaled { signal: Signal::TERM, .. }, .. } if pid == first
+        )),
+        "stopped with the stop signal: {seen:?}"
+    );
+    assert!(!seen.iter().any(|e| matches!(e.kind, EventKind::Ready { .. })), "{seen:?}");
+    wait_gone(first);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_that_sends_ready_in_time_is_not_timed_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let timeout = Duration::from_millis(300);
+    let config = Config { notify: Notify::PrivateDir, start_timeout: Some(timeout), ..Config::default() };
+    let command =
+        Command::new(NOTIFY).args(["--via", "sd-notify", "--done", &path(&dir.path().join("done"))]);
+    let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
+    let pid = supervised.pid().expect("pid");
+    let mut events = supervised.events();
+    until(&mut events, |k| *k == EventKind::Ready { pid }).await;
+    // A negative check needs a window: three times the timeout after READY=1, nothing happened.
+    tokio::time::sleep(timeout * 3).await;
+    assert_eq!(supervised.pid(), Some(pid));
+    while let Some(event) = events.try_next() {
+        assert!(
+            !matches!(event.kind, EventKind::StartTimeout { .. } | EventKind::Exited { .. }),
+            "{event:?}"
+        );
+    }
+    supervised.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_timeout_needs_readiness_notification() {
+    for config in [
+        Config { start_timeout: Some(Duration::from_secs(1)), ..Config::default() },
+        Config {
+            start_timeout: Some(Duration::from_secs(1)),
+            notify: Notify::PrivateDir,
+            readiness: Readiness::Started,
+            ..Config::default()
+        },
+    ] {
+        let result = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn();
+        assert!(matches!(result, Err(Error::StartTimeoutWithoutReadiness)), "{result:?}");
+    }
+}
+
 async fn ready_and_status_via(via: &str) {
     ready_and_status_over(via, Notify::PrivateDir).await;
 }

@@ -181,6 +181,12 @@ pub struct Config {
     /// Sent to a service that missed its watchdog deadline (default `SIGABRT`, as systemd);
     /// `SIGKILL` follows after `grace`.
     pub watchdog_signal: Signal,
+    /// Restart a started main process that has not sent `READY=1` this long after its start
+    /// (systemd's `TimeoutStartSec=`; default: wait for ever). It is stopped like a stop
+    /// (`stop_signal`, then `SIGKILL` after `grace`) and its exit goes to the restart policy as a
+    /// failure ([`ExitCause::StartTimeout`](crate::ExitCause::StartTimeout)). Requires `notify`
+    /// with [`Readiness::Notified`]; an adopted or `MAINPID=`-followed process is not timed.
+    pub start_timeout: Option<Duration>,
     /// Become a child subreaper (`PR_SET_CHILD_SUBREAPER`, process-wide): orphaned descendants of
     /// the service are re-parented to this process instead of init, so a handover successor
     /// becomes our child when its parent exits (its exit status is then known) and orphans are
@@ -201,6 +207,7 @@ impl Default for Config {
             readiness: Readiness::Notified,
             watchdog: None,
             watchdog_signal: Signal::ABRT,
+            start_timeout: None,
             subreaper: false,
         }
     }

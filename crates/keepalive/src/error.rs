@@ -115,6 +115,10 @@ pub enum Error {
     /// no socket to send `WATCHDOG=1` to.
     #[error("a watchdog needs readiness notification (notify) to be on")]
     WatchdogWithoutNotify,
+    /// A start timeout was configured but the service is not awaited to send `READY=1`
+    /// (notification off, or [`Readiness::Started`](crate::Readiness::Started)).
+    #[error("a start timeout needs readiness notification (notify, readiness = Notified)")]
+    StartTimeoutWithoutReadiness,
     /// No process is running right now (the supervisor is waiting out a restart delay).
     #[error("no process is running (waiting to restart)")]
     NothingRunning,

@@ -56,7 +56,16 @@ pub enum EventKind {
         /// The main pid.
         pid: u32,
     },
-    /// The main process exited on its own (or after a watchdog kill).
+    /// The main process did not send `READY=1` within
+    /// [`Config::start_timeout`](crate::Config::start_timeout); it is being stopped and will be
+    /// restarted (as the policy decides).
+    StartTimeout {
+        /// The main pid.
+        pid: u32,
+        /// The timeout it missed.
+        after: Duration,
+    },
+    /// The main process exited on its own (or after a watchdog kill or a start timeout).
     Exited {
         /// The pid that exited.
         pid: u32,

@@ -70,6 +70,9 @@ pub enum ExitCause {
     OnItsOwn,
     /// It stopped sending `WATCHDOG=1` and the supervisor killed it.
     WatchdogTimeout,
+    /// It did not send `READY=1` within [`Config::start_timeout`](crate::Config::start_timeout)
+    /// and the supervisor stopped it.
+    StartTimeout,
     /// A restart could not even start the program (`exec` failed); `status` is
     /// [`ExitStatus::Unknown`].
     SpawnFailed {

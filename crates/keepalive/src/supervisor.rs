@@ -350,6 +350,7 @@ enum Wake {
     Child,
     Request(Option<Request>),
     Watchdog,
+    StartTimeout,
     RetryFiles,
 }
 
@@ -377,6 +378,9 @@ struct Task {
     status_text: Option<String>,
     watchdog_interval: Option<Duration>,
     watchdog_deadline: Option<Instant>,
+    /// When the current main process must have sent `READY=1` (set on a start, cleared by
+    /// `READY=1` or when another process becomes the main one).
+    start_deadline: Option<Instant>,
     /// When to try again to write the pid file and state file, and the delay after that.
     retry_files: Option<(Instant, Duration)>,
     starts: u32,
@@ -396,6 +400,11 @@ impl Task {
         let Supervisor { command, config, policy } = sup;
         if config.watchdog.is_some() && !config.notify.is_on() {
             return Err(Error::WatchdogWithoutNotify);
+        }
+        if config.start_timeout.is_some()
+            && (!config.notify.is_on() || config.readiness != Readiness::Notified)
+        {
+            return Err(Error::StartTimeoutWithoutReadiness);
         }
         if config.subreaper {
             sys::set_child_subreaper().map_err(|source| Error::Subreaper { source })?;
@@ -455,6 +464,7 @@ impl Task {
             retired: Vec::new(),
             status_text: None,
             watchdog_deadline: None,
+            start_deadline: None,
             retry_files: None,
             starts: 0,
             main_pid_changes: 0,
@@ -499,7 +509,12 @@ impl Task {
             proc.ready_at = Some(proc.since);
         }
         self.starts += 1;
+        let awaits_ready = proc.ready_at.is_none();
         let installed = self.install_main(proc);
+        // After install_main, which clears it for whichever process becomes the main one.
+        if awaits_ready {
+            self.start_deadline = self.config.start_timeout.map(|timeout| started + timeout);
+        }
         self.emit(EventKind::Started { pid, attempt: self.starts });
         installed
     }
@@ -517,6 +532,7 @@ impl Task {
         }
         self.sessions.insert(proc.session);
         self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
+        self.start_deadline = None;
         self.main = Some(proc);
         let written = self.write_files(true);
         self.publish(State::Running);
@@ -635,6 +651,15 @@ impl Task {
                         return outcome;
                     }
                 }
+                Wake::StartTimeout => {
+                    // READY=1 may be queued behind the deadline: it counts if it was sent in time.
+                    self.drain_notify();
+                    if self.start_deadline.is_some()
+                        && let Some(outcome) = self.start_timed_out().await
+                    {
+                        return outcome;
+                    }
+                }
                 Wake::RetryFiles => {
                     if let Err(err) = self.write_files(true) {
                         let delay = self.retry_files.map_or(RETRY_FILES_FIRST, |(_, d)| d);
@@ -648,6 +673,7 @@ impl Task {
     async fn next_wake(&mut self) -> Wake {
         let deadline = self.watchdog_deadline;
         let retry = self.retry_files.map(|(at, _)| at);
+        let start = self.start_deadline;
         tokio::select! {
             message = recv_notify(self.notify.as_ref()) => Wake::Notify(message),
             () = exited(self.main.as_ref().map(|m| &m.fd)) => Wake::MainExited,
@@ -655,6 +681,7 @@ impl Task {
             () = next_signal(self.sigchld.as_mut()) => Wake::Child,
             request = self.requests.recv() => Wake::Request(request),
             () = sleep_until(deadline) => Wake::Watchdog,
+            () = sleep_until(start) => Wake::StartTimeout,
             () = sleep_until(retry) => Wake::RetryFiles,
         }
     }
@@ -792,6 +819,7 @@ impl Task {
             && main.ready_at.is_none()
         {
             main.ready_at = Some(now);
+            self.start_deadline = None;
             let pid = main.pid as u32;
             tracing::info!(pid, "service is ready");
             // The file first: whoever sees the event finds it up to date.
@@ -943,6 +971,26 @@ impl Task {
             pid: main.pid,
             pgid: main.pgid,
             exit: exit_of(&main, status, ExitCause::WatchdogTimeout),
+        })
+    }
+
+    /// The main process missed its start timeout: stop it like a stop (the service may be busy
+    /// starting, not hung) and hand its exit to the policy.
+    async fn start_timed_out(&mut self) -> Option<Outcome> {
+        let main = self.main.take()?;
+        self.start_deadline = None;
+        let after = self.config.start_timeout.unwrap_or_default();
+        tracing::warn!(pid = main.pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
+        self.emit(EventKind::StartTimeout { pid: main.pid as u32, after });
+        self.watchdog_deadline = None;
+        let groups = self.signalable(&[main.pgid]);
+        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
+        group::terminate(&[target], &groups, self.config.stop_signal, self.config.grace).await;
+        let status = self.collect_status(main.pid);
+        Some(Outcome::Exited {
+            pid: main.pid,
+            pgid: main.pgid,
+            exit: exit_of(&main, status, ExitCause::StartTimeout),
         })
     }
 

@@ -90,12 +90,14 @@ fn restart_modes() {
 }
 
 #[test]
-fn an_unknown_status_and_a_watchdog_kill_are_failures() {
+fn an_unknown_status_a_watchdog_kill_and_a_start_timeout_are_failures() {
     let t0 = Instant::now();
     let unknown = Exit { status: ExitStatus::Unknown, ..clean(t0, MS) };
     assert!(unknown.is_failure());
     let watchdog = Exit { cause: ExitCause::WatchdogTimeout, ..clean(t0, MS) };
     assert!(watchdog.is_failure());
+    let start_timeout = Exit { cause: ExitCause::StartTimeout, ..clean(t0, MS) };
+    assert!(start_timeout.is_failure(), "a clean exit 0 after a start timeout is still a failure");
     assert!(!clean(t0, MS).is_failure());
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Beyond DESIGN.md's contract: `--state FILE` keeps a snapshot of the service so that a new
 //! supervisor adopts it (instead of starting a second instance) after this one was killed, and
-//! `--die-with-supervisor` makes the service go down with the supervisor instead.
+//! `--die-with-supervisor` makes the service go down with the supervisor instead, and
+//! `--start-timeout` restarts a `--notify` service that never sends `READY=1`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,10 @@ pub(crate) struct Args {
     /// (with `WATCHDOG_USEC`) even without --notify; then the service counts as started at once.
     #[arg(long, value_parser = crate::parse_duration)]
     watchdog: Option<Duration>,
+    /// With --notify: stop and restart the service (a failure for the restart policy) when it has
+    /// not sent READY=1 this long after it was started. Default: wait for ever.
+    #[arg(long, value_parser = crate::parse_duration, requires = "notify")]
+    start_timeout: Option<Duration>,
     /// Give up after N failures within the --within window.
     #[arg(long, requires = "within")]
     max_failures: Option<u32>,
@@ -101,6 +106,7 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
         notify: if args.notify || args.watchdog.is_some() { Notify::PrivateDir } else { Notify::Off },
         readiness: if args.notify { Readiness::Notified } else { Readiness::Started },
         watchdog: args.watchdog,
+        start_timeout: args.start_timeout,
         // Orphans of the service are re-parented to us and reaped; a handover successor becomes
         // our child once its parent exits, so its exit status stays known.
         subreaper: true,
