@@ -958,40 +958,36 @@ impl Task {
         self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed });
     }
 
+    /// The main process missed its watchdog deadline: `watchdog_signal` to its group (a core
+    /// dump is wanted), then its exit goes to the policy.
     async fn watchdog_expired(&mut self) -> Option<Outcome> {
-        let main = self.main.take()?;
-        tracing::warn!(pid = main.pid, "watchdog timeout: the service stopped sending WATCHDOG=1");
-        self.emit(EventKind::WatchdogTimeout { pid: main.pid as u32 });
-        self.watchdog_deadline = None;
-        let groups = self.signalable(&[main.pgid]);
-        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
-        group::terminate(&[target], &groups, self.config.watchdog_signal, self.config.grace).await;
-        let status = self.collect_status(main.pid);
-        Some(Outcome::Exited {
-            pid: main.pid,
-            pgid: main.pgid,
-            exit: exit_of(&main, status, ExitCause::WatchdogTimeout),
-        })
+        let pid = self.main.as_ref()?.pid;
+        tracing::warn!(pid, "watchdog timeout: the service stopped sending WATCHDOG=1");
+        self.emit(EventKind::WatchdogTimeout { pid: pid as u32 });
+        self.terminate_main(self.config.watchdog_signal, ExitCause::WatchdogTimeout).await
     }
 
     /// The main process missed its start timeout: stop it like a stop (the service may be busy
-    /// starting, not hung) and hand its exit to the policy.
+    /// starting, not hung), then its exit goes to the policy.
     async fn start_timed_out(&mut self) -> Option<Outcome> {
-        let main = self.main.take()?;
-        self.start_deadline = None;
+        let pid = self.main.as_ref()?.pid;
         let after = self.config.start_timeout.unwrap_or_default();
-        tracing::warn!(pid = main.pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
-        self.emit(EventKind::StartTimeout { pid: main.pid as u32, after });
+        tracing::warn!(pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
+        self.emit(EventKind::StartTimeout { pid: pid as u32, after });
+        self.terminate_main(self.config.stop_signal, ExitCause::StartTimeout).await
+    }
+
+    /// Ends the main process on the supervisor's initiative: `signal` to its group, `SIGKILL`
+    /// after the grace period; its exit is reported with `cause`.
+    async fn terminate_main(&mut self, signal: Signal, cause: ExitCause) -> Option<Outcome> {
+        let main = self.main.take()?;
         self.watchdog_deadline = None;
+        self.start_deadline = None;
         let groups = self.signalable(&[main.pgid]);
         let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
-        group::terminate(&[target], &groups, self.config.stop_signal, self.config.grace).await;
+        group::terminate(&[target], &groups, signal, self.config.grace).await;
         let status = self.collect_status(main.pid);
-        Some(Outcome::Exited {
-            pid: main.pid,
-            pgid: main.pgid,
-            exit: exit_of(&main, status, ExitCause::StartTimeout),
-        })
+        Some(Outcome::Exited { pid: main.pid, pgid: main.pgid, exit: exit_of(&main, status, cause) })
     }
 
     async fn stop(&mut self) -> StopOutcome {
