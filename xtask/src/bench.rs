@@ -104,6 +104,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
 
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    // Plots of an earlier run (other figures, other numbering) must not linger beside this report.
+    for entry in std::fs::read_dir(&out_dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|ext| ext == "svg") {
+            std::fs::remove_file(&path)?;
+        }
+    }
     let plots = plot(&rows, &out_dir)?;
     let mut report = render(&rows, args.quick);
     if !plots.is_empty() {
