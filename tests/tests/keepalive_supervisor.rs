@@ -434,6 +434,20 @@ async fn leftovers_survive_when_group_cleanup_is_off() {
     supervised.stop().await.expect("stop");
 }
 
+/// Supervises `command` (restarts 10 ms apart) until its second start, stops it, and returns the
+/// events up to that start.
+async fn events_until_the_second_start(command: Command, config: Config) -> Vec<keepalive::Event> {
+    let supervised = Supervisor::new(command)
+        .config(config)
+        .policy(Backoff::scaled(Duration::from_millis(10)))
+        .spawn()
+        .expect("spawn");
+    let mut events = supervised.events();
+    let seen = until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
+    supervised.stop().await.expect("stop");
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watchdog_timeout_restarts_a_service_that_stops_pinging() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -445,14 +459,11 @@ async fn a_watchdog_timeout_restarts_a_service_that_stops_pinging() {
         grace: Duration::from_secs(2),
         ..Config::default()
     };
-    let supervised = Supervisor::new(Command::new(WATCHDOG).args(["--log", &path(&log), "--pings", "3"]))
-        .config(config)
-        .policy(Backoff::scaled(Duration::from_millis(10)))
-        .spawn()
-        .expect("spawn");
-    let mut events = supervised.events();
-    let seen = until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
-    supervised.stop().await.expect("stop");
+    let seen = events_until_the_second_start(
+        Command::new(WATCHDOG).args(["--log", &path(&log), "--pings", "3"]),
+        config,
+    )
+    .await;
 
     let first = started_pid(&seen[0].kind).expect("first start");
     let at =
@@ -482,14 +493,7 @@ async fn a_service_that_never_sends_ready_is_stopped_and_restarted_after_the_sta
     let timeout = Duration::from_millis(300);
     let config = Config { notify: Notify::PrivateDir, start_timeout: Some(timeout), ..Config::default() };
     // `sleep` never sends READY=1 and dies of the stop signal (SIGTERM).
-    let supervised = Supervisor::new(Command::new("sleep").arg("600"))
-        .config(config)
-        .policy(Backoff::scaled(Duration::from_millis(10)))
-        .spawn()
-        .expect("spawn");
-    let mut events = supervised.events();
-    let seen = until(&mut events, |k| matches!(k, EventKind::Started { attempt: 2, .. })).await;
-    supervised.stop().await.expect("stop");
+    let seen = events_until_the_second_start(Command::new("sleep").arg("600"), config).await;
 
     let first = started_pid(&seen[0].kind).expect("first start");
     let at = |pred: &dyn Fn(&EventKind) -> bool| seen.iter().find(|e| pred(&e.kind)).map(|e| e.at);
