@@ -60,6 +60,7 @@ pub struct Counters {
 /// A running load; [`Load::stop`] ends it and returns every sample.
 #[derive(Debug)]
 pub struct Load {
+    start: Instant,
     stop: CancellationToken,
     counters: Arc<Counters>,
     workers: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
@@ -83,7 +84,12 @@ impl Load {
                 tokio::spawn(worker(config.clone(), connector.clone(), stop.clone(), counters.clone(), start))
             })
             .collect();
-        Load { stop, counters, workers }
+        Load { start, stop, counters, workers }
+    }
+
+    /// The moment every [`Sample::at`] of this load counts from (taken in [`Load::start`]).
+    pub fn origin(&self) -> Instant {
+        self.start
     }
 
     /// The live counters.

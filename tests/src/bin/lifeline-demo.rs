@@ -222,8 +222,8 @@ impl Demo {
         dwell().await;
 
         // 6. Clean stop.
-        let mut samples = load.stop().await;
-        samples.extend(fresh.stop().await);
+        let mut samples = stop_on_clock(load, self.start).await;
+        samples.extend(stop_on_clock(fresh, self.start).await);
         samples.sort_by_key(|s| s.at);
         let t = self.start.elapsed();
         let (notes, ok) = self.clean_stop(&mut supervisor)?;
@@ -468,6 +468,18 @@ fn k8s_secret(dir: &Path, version: &str, leaf: &Leaf) -> anyhow::Result<()> {
 /// own condition).
 async fn dwell() {
     tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// Stops `load` and returns its samples timed from `origin`. Each load counts from its own start,
+/// a few ms after the demo's (building its TLS client takes that long): without rebasing, a request
+/// failed by the SIGKILL could be tallied in the phase before it.
+async fn stop_on_clock(load: Load, origin: Instant) -> Vec<Sample> {
+    let offset = load.origin().saturating_duration_since(origin);
+    let mut samples = load.stop().await;
+    for s in &mut samples {
+        s.at += offset;
+    }
+    samples
 }
 
 fn tally(samples: &[Sample], from: f64, to: f64) -> (u64, u64, f64, f64) {
