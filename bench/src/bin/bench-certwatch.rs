@@ -29,6 +29,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::AsyncWriteExt;
 
 const MECH: &str = "certwatch";
+/// certwatch's debounce in the tail-latency benchmark.
+const TAIL_DEBOUNCE: Duration = Duration::from_millis(25);
 
 fn main() -> Result<()> {
     let ca = Ca::new();
@@ -357,7 +359,10 @@ fn tail_latency_under_reload(ca: &Ca) -> Result<()> {
         let _guard = rt.enter();
         CertWatcher::watch(
             PemFiles::new(&cw_cert, &cw_key).with_provider(provider()),
-            WatchConfig::default(),
+            // A short debounce so that reloads happen *during* each loaded phase (continuous
+            // changes reload every 4 × debounce = 100 ms); with the default 150 ms the cap is
+            // 600 ms and a phase of a few hundred handshakes would see none.
+            WatchConfig::default().debounce(TAIL_DEBOUNCE),
         )?
     };
     let zot_dir = tempfile::tempdir()?;
@@ -367,7 +372,7 @@ fn tail_latency_under_reload(ca: &Ca) -> Result<()> {
 
     let mut designs = [
         Design {
-            name: "certwatch",
+            name: "certwatch (debounce 25 ms: a reload every 100 ms)",
             addr: serve(&rt, watcher.resolver())?,
             cert: cw_cert,
             key: cw_key,
@@ -429,7 +434,7 @@ fn tail_latency_under_reload(ca: &Ca) -> Result<()> {
     );
     let stats = watcher.stats();
     eprintln!(
-        "certwatch during the run: {} reloads, {} refused (half-written), {} unchanged",
+        "certwatch during the run (debounce {TAIL_DEBOUNCE:?}): {} reloads, {} refused (half-written), {} unchanged",
         stats.reloads_ok, stats.reloads_failed, stats.unchanged
     );
 
@@ -455,7 +460,7 @@ fn report_tail(d: &mut Design, period: Duration) {
         &format!("TLS handshake p99 while the pair is rewritten every {} ms: {}", period.as_millis(), d.name),
         l99,
         "µs",
-        if d.name == "certwatch" {
+        if d.name.starts_with("certwatch") {
             "≤ 1.2× the decoy-writer p99"
         } else {
             "informational (baseline design)"
@@ -464,7 +469,7 @@ fn report_tail(d: &mut Design, period: Duration) {
     .baseline(&format!("{} while a decoy pair is rewritten", d.name), q99)
     .samples(d.loaded.clone())
     .baseline_samples(d.quiet.clone());
-    if d.name == "certwatch" {
+    if d.name.starts_with("certwatch") {
         row.met(l99 <= 1.2 * q99).emit();
     } else {
         row.emit();
