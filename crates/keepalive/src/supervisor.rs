@@ -961,7 +961,10 @@ impl Task {
     /// The main process missed its watchdog deadline: `watchdog_signal` to its group (a core
     /// dump is wanted), then its exit goes to the policy.
     async fn watchdog_expired(&mut self) -> Option<Outcome> {
-        let pid = self.main.as_ref()?.pid;
+        let Some(pid) = self.main.as_ref().map(|m| m.pid) else {
+            self.watchdog_deadline = None;
+            return None;
+        };
         tracing::warn!(pid, "watchdog timeout: the service stopped sending WATCHDOG=1");
         self.emit(EventKind::WatchdogTimeout { pid: pid as u32 });
         self.terminate_main(self.config.watchdog_signal, ExitCause::WatchdogTimeout).await
@@ -970,7 +973,10 @@ impl Task {
     /// The main process missed its start timeout: stop it like a stop (the service may be busy
     /// starting, not hung), then its exit goes to the policy.
     async fn start_timed_out(&mut self) -> Option<Outcome> {
-        let pid = self.main.as_ref()?.pid;
+        let Some(pid) = self.main.as_ref().map(|m| m.pid) else {
+            self.start_deadline = None;
+            return None;
+        };
         let after = self.config.start_timeout.unwrap_or_default();
         tracing::warn!(pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
         self.emit(EventKind::StartTimeout { pid: pid as u32, after });
