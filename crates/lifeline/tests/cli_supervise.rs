@@ -88,6 +88,9 @@ fn giving_up_exits_1_with_the_last_status_in_one_line_and_removes_the_pid_file()
     assert!(last.starts_with("lifeline: gave up on `sh -c exit 3`: 3 failures within 1m"), "{stderr}");
     assert!(last.ends_with("last exit: exited with code 3"), "{stderr}");
     assert!(!pid_file.exists());
+    // The warnings before it are logged too, in plain text: stderr is not a terminal here.
+    assert!(stderr.lines().count() > 1 && stderr.contains("service exited"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "no ANSI escapes in a pipe: {stderr:?}");
 }
 
 #[test]
