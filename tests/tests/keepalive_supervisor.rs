@@ -595,13 +595,14 @@ async fn ready_status_and_barrier_from_libsystemd_over_an_abstract_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
 async fn ready_status_and_barrier_from_systemd_notify() {
     // systemd-notify speaks for its parent (our main process) only with CAP_SYS_ADMIN; otherwise it
     // sends as itself and, like systemd with NotifyAccess=main, we must ignore it.
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: systemd-notify can only speak for its parent as root");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "needs root: systemd-notify can only speak for its parent as root"
+    );
     ready_and_status_via("systemd-notify").await;
 }
 

@@ -1,6 +1,7 @@
 //! Repository rules that code can check, run under `cargo test` (rust-analyzer's `tidy`):
-//! every Rust file opens with module docs, no `#[ignore]` without a reason, no `dbg!`, every
-//! `unsafe` block carries a `// SAFETY:` comment, every member opts into the workspace lints.
+//! every Rust file opens with module docs, no `#[ignore]` without a reason, no test that skips
+//! itself by returning early (and a `needs root` test asserts root), no `dbg!`, every `unsafe`
+//! block carries a `// SAFETY:` comment, every member opts into the workspace lints.
 
 use std::path::{Path, PathBuf};
 
@@ -61,6 +62,42 @@ fn no_ignore_without_a_reason() {
         offenders.is_empty(),
         "`{needle}` without a reason (write `#[ignore = \"why\"]`): {offenders:#?}"
     );
+}
+
+/// A test that cannot run here is `#[ignore = "needs …"]` (reported as skipped, run by
+/// `cargo xtask ci` where it can), never an early return that counts as a pass.
+#[test]
+fn no_test_skips_itself_silently() {
+    let mut offenders = Vec::new();
+    for needle in [concat!("eprintln!(\"", "skipped"), concat!("eprintln!(\"", "SKIPPED")] {
+        offenders.extend(lines_containing(needle));
+    }
+    assert!(
+        offenders.is_empty(),
+        "tests that return early and pass: use `#[ignore = \"needs …\"]`: {offenders:#?}"
+    );
+}
+
+/// A test ignored for needing root asserts that it runs as root: run as another user (with
+/// `--run-ignored`), it fails instead of passing without testing anything.
+#[test]
+fn a_test_that_needs_root_asserts_it() {
+    let needle = concat!("#[ignore = \"needs ", "root");
+    let mut offenders = Vec::new();
+    for path in rust_files() {
+        let text = std::fs::read_to_string(&path).expect("read source");
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if !line.trim_start().starts_with(needle) {
+                continue;
+            }
+            let body = lines[i..].iter().take(12);
+            if !body.clone().any(|l| l.contains("is_root()")) {
+                offenders.push(format!("{}:{}", rel(&path), i + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "`needs root` tests without an `is_root()` assertion: {offenders:#?}");
 }
 
 #[test]

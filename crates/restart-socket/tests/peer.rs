@@ -1,5 +1,5 @@
 //! `SO_PEERCRED` checks with a real peer of another uid: perl's `IO::Socket::UNIX` run under
-//! `setpriv --reuid=65534` (root only; skipped loudly otherwise).
+//! `setpriv --reuid=65534` (root only: `#[ignore = "needs root"]`, run by `cargo xtask ci` as root).
 
 mod common;
 
@@ -89,11 +89,9 @@ fn capture_logs() -> Logs {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn a_peer_with_another_uid_gets_one_error_frame_and_is_logged() {
-    if !is_root() {
-        eprintln!("SKIPPED: a_peer_with_another_uid_gets_one_error_frame_and_is_logged needs root (setpriv)");
-        return;
-    }
+    assert!(is_root(), "needs root (setpriv to another uid)");
     let logs = capture_logs();
     let server = start(ServerConfig::default(), || async { Ok::<u32, String>(1) }, fixed_status());
     open_up(server.dir.path(), &server.path);
@@ -116,11 +114,9 @@ async fn a_peer_with_another_uid_gets_one_error_frame_and_is_logged() {
 }
 
 #[tokio::test]
+#[ignore = "needs root"]
 async fn an_allow_listed_uid_is_served() {
-    if !is_root() {
-        eprintln!("SKIPPED: an_allow_listed_uid_is_served needs root (setpriv)");
-        return;
-    }
+    assert!(is_root(), "needs root (setpriv to another uid)");
     let server =
         start(ServerConfig::default().allow_uid(NOBODY), || async { Ok::<u32, String>(77) }, fixed_status());
     open_up(server.dir.path(), &server.path);

@@ -4,7 +4,8 @@
 //! real fault — a full disk, a read-only directory, too few file descriptors, a successor that
 //! is stopped mid-start, a killed supervisor, an orphan holding a lock, broken certificate files —
 //! and checks that what must survive does. One line per scenario: PASS, FAIL (with why) or SKIP
-//! (with why: e.g. mounting a tmpfs needs root). Exits 1 if any scenario failed.
+//! (with why: e.g. mounting a tmpfs needs root). Exits 1 if any scenario failed, or if one was
+//! skipped while the `CI` environment variable is set (CI runs as root with every tool installed).
 //!
 //! Usage: `lifeline-fault --lifeline PATH --server PATH [--only NAME]`. The fixture
 //! `fault-lock-holder` is expected next to this program's own executable (`cargo xtask fault`
@@ -89,6 +90,14 @@ fn main() -> ExitCode {
         }
     }
     println!("fault: {passed} passed, {failed} failed, {skipped} skipped");
+    println!("fault: {passed} held / {} tried", passed + failed);
+    // CI runs as root on a fresh machine with every tool installed: nothing may skip there, or a
+    // scenario could stop running without anybody noticing.
+    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false" && v != "0");
+    if skipped > 0 && in_ci {
+        println!("fault: {skipped} scenario(s) skipped with CI set: every scenario must run in CI");
+        return ExitCode::FAILURE;
+    }
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
