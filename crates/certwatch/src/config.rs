@@ -16,7 +16,14 @@ pub enum WatchMode {
     Poll,
 }
 
+/// The longest debounce or interval honoured as given: 100 years, which is never in practice. A
+/// longer one ([`Duration::MAX`] included) is treated as this, so that no deadline computed from
+/// it can overflow.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Timing and reporting knobs of a watcher. `WatchConfig::default()` suits a server.
+///
+/// Every duration is at most [`MAX_INTERVAL`] (longer ones are lowered to it).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WatchConfig {
@@ -88,11 +95,13 @@ impl WatchConfig {
         self
     }
 
-    /// Intervals of zero would make the loop spin; they are raised to 1 ms.
+    /// Intervals of zero would make the loop spin; they are raised to 1 ms. Durations longer
+    /// than [`MAX_INTERVAL`] are lowered to it, so that no deadline computed from them overflows.
     pub(crate) fn sanitized(mut self) -> Self {
         let floor = Duration::from_millis(1);
-        self.recheck_interval = self.recheck_interval.max(floor);
-        self.poll_interval = self.poll_interval.max(floor);
+        self.debounce = self.debounce.min(MAX_INTERVAL);
+        self.recheck_interval = self.recheck_interval.clamp(floor, MAX_INTERVAL);
+        self.poll_interval = self.poll_interval.clamp(floor, MAX_INTERVAL);
         self.event_capacity = self.event_capacity.max(1);
         self
     }

@@ -109,7 +109,7 @@ mod watcher;
 
 pub use check::{CertInfo, Checked, Validity, check};
 pub use client_ca::{CaInfo, ClientCaFile, ClientCaWatcher, ReloadingClientVerifier};
-pub use config::{WatchConfig, WatchMode};
+pub use config::{MAX_INTERVAL, WatchConfig, WatchMode};
 pub use error::Error;
 pub use event::{Outcome, ReloadEvent, Stats};
 pub use sni::SniResolver;

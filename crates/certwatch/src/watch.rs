@@ -357,6 +357,16 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_debounce_never_overflows() {
+        let config = WatchConfig::default().debounce(Duration::MAX).sanitized();
+        let mut d = Debounce::new(config.debounce);
+        let start = Instant::now();
+        d.touch_at(start);
+        d.touch_at(start + Duration::from_secs(1));
+        assert!(d.deadline().is_some_and(|at| at > start + Duration::from_secs(3_000_000_000)));
+    }
+
+    #[test]
     fn kubernetes_layout_watches_the_volume_and_the_current_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();

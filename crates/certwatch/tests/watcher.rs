@@ -387,3 +387,35 @@ async fn the_periodic_recheck_picks_up_a_change_no_event_announced() {
     pair(2).write_atomic(&cert, &key);
     reloaded_serial(&mut rx, "02").await;
 }
+
+#[tokio::test]
+async fn intervals_too_long_for_an_instant_mean_never_and_the_watch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = paths(dir.path());
+    pair(1).write(&cert, &key);
+    let config = fast().recheck_interval(Duration::MAX).poll_interval(Duration::MAX);
+    let w = CertWatcher::new(source(&cert, &key), config).unwrap();
+    let mut rx = w.subscribe();
+    w.start().unwrap();
+    // The first rotation may be caught by the start-up load; the second needs the watch loop.
+    pair(2).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "02").await;
+    pair(3).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "03").await;
+}
+
+#[tokio::test]
+async fn a_debounce_too_long_for_an_instant_waits_for_ever_and_the_recheck_still_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = paths(dir.path());
+    pair(1).write(&cert, &key);
+    let config = WatchConfig::default().debounce(Duration::MAX).recheck_interval(Duration::from_millis(50));
+    let w = CertWatcher::new(source(&cert, &key), config).unwrap();
+    let mut rx = w.subscribe();
+    w.start().unwrap();
+    // The change arms the debounce (which must not overflow); the periodic re-check loads it.
+    pair(2).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "02").await;
+    pair(3).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "03").await;
+}

@@ -90,7 +90,7 @@ mod set;
 
 pub use error::{Error, Result};
 pub use lock::DirLock;
-pub use options::{DEFAULT_FILE_NAME, LockOptions};
+pub use options::{DEFAULT_FILE_NAME, LockOptions, MAX_WAIT};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use primitive::OfdLock;
 pub use primitive::{Flock, LockPrimitive};

@@ -65,7 +65,7 @@ impl DirLock {
 
     /// Locks `dir` as `options` say (lock file name, wait, primitive).
     pub fn acquire_with(dir: impl AsRef<Path>, options: &LockOptions) -> Result<DirLock> {
-        let deadline = options.wait().map(|wait| Instant::now() + wait);
+        let deadline = options.deadline_from(Instant::now());
         Self::acquire_until(dir.as_ref(), options, deadline)
     }
 

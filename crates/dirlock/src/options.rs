@@ -2,18 +2,22 @@
 
 use std::ffi::{OsStr, OsString};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::primitive::{Flock, LockPrimitive};
 
 /// The lock file name used unless [`LockOptions::file_name`] says otherwise.
 pub const DEFAULT_FILE_NAME: &str = ".lifeline.lock";
 
+/// The longest wait honoured as given: 100 years. [`LockOptions::lock_timeout`] waits no longer
+/// than this, so that no deadline computed from a caller's timeout can overflow.
+pub const MAX_WAIT: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// How to take a directory lock. `LockOptions::default()` is the common case: `.lifeline.lock`,
 /// fail at once when the lock is held, `flock(2)`.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use dirlock::LockOptions;
 ///
 /// let options = LockOptions::new().file_name("state.lock").lock_timeout(Duration::from_secs(5));
@@ -53,7 +57,8 @@ impl LockOptions {
     /// do not wake in lockstep. A waiter never spins: between sleeps it keeps the lock file open
     /// and a retry costs two system calls (the lock, and a check that the file is still at the
     /// path). `waiting for lock on …` is logged once at `info` level. [`Duration::ZERO`] tries
-    /// exactly once, like the default.
+    /// exactly once, like the default. A timeout too long for a deadline to be computed
+    /// ([`Duration::MAX`], anything beyond [`MAX_WAIT`]) waits for ever, in practice.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.wait = Some(timeout);
         self
@@ -79,6 +84,13 @@ impl LockOptions {
     /// The configured wait, if any.
     pub fn wait(&self) -> Option<Duration> {
         self.wait
+    }
+
+    /// The deadline of a wait that starts `now`: `now + wait`, at most [`MAX_WAIT`] away.
+    pub(crate) fn deadline_from(&self, now: Instant) -> Option<Instant> {
+        // `now + MAX_WAIT` fits in an `Instant` (a monotonic clock counts from boot); should it
+        // not, waiting until `now` would be one try, never a panic.
+        self.wait.map(|wait| now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now))
     }
 
     /// The configured locking primitive.

@@ -68,7 +68,7 @@ impl LockSet {
         P: AsRef<Path>,
     {
         let order = lock_order(dirs)?;
-        let deadline = options.wait().map(|wait| Instant::now() + wait);
+        let deadline = options.deadline_from(Instant::now());
         let mut locks = Vec::with_capacity(order.len());
         for dir in &order {
             match DirLock::acquire_until(dir, options, deadline) {

@@ -565,3 +565,17 @@ fn a_waiter_follows_the_lock_file_when_it_is_replaced_and_names_the_new_holder()
     // Its file is gone already: do not let it unlink the second one.
     drop(first.export());
 }
+
+#[test]
+fn a_wait_too_long_for_an_instant_is_a_wait_for_ever_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let for_ever = LockOptions::new().lock_timeout(Duration::MAX);
+    DirLock::acquire_with(dir.path(), &for_ever).unwrap().release().unwrap();
+    LockSet::acquire([dir.path()], &for_ever).unwrap().release().unwrap();
+    // Held: the waiter waits (no deadline to overflow) and gets it once the holder releases.
+    let held = DirLock::acquire(dir.path()).unwrap();
+    let path = dir.path().to_path_buf();
+    let waiter = std::thread::spawn(move || DirLock::acquire_with(&path, &for_ever));
+    held.release().unwrap();
+    waiter.join().unwrap().unwrap().release().unwrap();
+}

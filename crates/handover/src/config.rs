@@ -12,7 +12,8 @@ use crate::state::DEFAULT_STATE_LIMIT;
 #[non_exhaustive]
 pub struct Config {
     /// How long the new process has, from spawn to `ready()`, before it is killed and the
-    /// upgrade fails with "not ready after …". Default 30 s.
+    /// upgrade fails with "not ready after …". Default 30 s. A timeout too long for a deadline
+    /// to be computed (more than about 100 years, [`Duration::MAX`]) means no deadline.
     pub ready_timeout: Duration,
     /// The executable to start. Default (`None`): the path this process was started from,
     /// resolved when the [`Handover`](crate::Handover) is created, so that a binary newly
@@ -93,4 +94,15 @@ impl Config {
         self.fd_store = store;
         self
     }
+}
+
+/// The longest timeout honoured as given: 100 years. Longer ones wait this long, which is for
+/// ever in practice, so no deadline computed from a caller's timeout can overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// `now + timeout`, at most 100 years away.
+pub(crate) fn deadline_after(now: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    // A monotonic clock counts from boot: `now + 100 years` fits. Should it not, `now` makes the
+    // wait end at once, never a panic.
+    now.checked_add(timeout.min(MAX_TIMEOUT)).unwrap_or(now)
 }

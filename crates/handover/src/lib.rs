@@ -124,6 +124,9 @@ mod spawn;
 mod state;
 mod upgrader;
 
+#[cfg(test)]
+mod tests;
+
 pub use config::Config;
 pub use drain::{Drained, drain};
 pub use env::{

@@ -196,7 +196,7 @@ impl Upgrader {
 
     async fn hand_over_on(&self, mut stream: UnixStream) -> Result<u32, Error> {
         let timeout = self.shared.config.ready_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::config::deadline_after(Instant::now(), timeout);
         let cred = stream.peer_cred().map_err(Error::io("read the peer's credentials"))?;
         let peer = cred.pid().unwrap_or_default() as u32;
         let me = nix::unistd::geteuid().as_raw();

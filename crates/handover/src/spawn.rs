@@ -33,7 +33,7 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
         pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Io { op: "create the state pipe", source: e.into() })?;
     let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Error::Io { op: "create the readiness pipe", source: e.into() })?;
-    let deadline = Instant::now() + shared.config.ready_timeout;
+    let deadline = crate::config::deadline_after(Instant::now(), shared.config.ready_timeout);
     let mut child = spawn(shared, &state_rx, &ready_tx)?;
     // The child's ends, closed here so that the child's exit is seen as EOF.
     drop((state_rx, ready_tx));

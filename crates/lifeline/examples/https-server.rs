@@ -85,11 +85,21 @@ struct Args {
     #[arg(long)]
     control: Option<PathBuf>,
     /// How long a successor has to become ready.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
     ready_timeout: Duration,
     /// How long in-flight requests may take to finish after a handover or stop.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+}
+
+/// A humantime duration of at most 100 years, as the `lifeline` CLI accepts: no arithmetic on it
+/// can overflow.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(100 * 31_557_600) {
+        return Err("longer than the maximum: durations are at most 100y".to_owned());
+    }
+    Ok(d)
 }
 
 /// What passes from one generation to the next.

@@ -40,6 +40,7 @@ impl Client {
     }
 
     /// Sets how long [`status`](Self::status) and [`request`](Self::request) wait for an answer.
+    /// [`Duration::MAX`] (or anything too long for a deadline) waits for ever; nothing overflows.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
     }

@@ -32,9 +32,10 @@ pub struct ServerConfig {
     /// allowed). Root is not implicitly allowed. Default: none.
     pub allowed_uids: Vec<u32>,
     /// How long a peer may take to send a complete request frame; also how long an idle
-    /// connection is kept between requests. Default: 5 s.
+    /// connection is kept between requests. Default: 5 s. [`Duration::MAX`] is no timeout.
     pub read_timeout: Duration,
     /// How long writing an answer may take before the connection is dropped. Default: 5 s.
+    /// [`Duration::MAX`] is no timeout.
     pub write_timeout: Duration,
     /// How many connections are served at once; a connection beyond that gets one
     /// [`ErrorKind::Busy`] frame and is closed. Each costs a file descriptor: keep it below the

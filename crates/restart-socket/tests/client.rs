@@ -103,3 +103,27 @@ async fn a_datagram_socket_at_the_path_cannot_be_probed_and_is_kept() {
     let err = Client::connect(&path).await.unwrap_err();
     assert!(matches!(err, Error::Connect { .. }), "{err:?}");
 }
+
+/// Timeouts too long for a deadline (`Duration::MAX`) mean "no timeout" on both sides: nothing
+/// adds them to an `Instant` (tokio's `timeout` saturates), so nothing can overflow.
+#[tokio::test]
+async fn timeouts_too_long_for_an_instant_are_no_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let config = ServerConfig::default()
+        .with_read_timeout(std::time::Duration::MAX)
+        .with_write_timeout(std::time::Duration::MAX);
+    let server = Server::bind(&path, config).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.serve(
+        || async { Ok::<u32, String>(7) },
+        || async { restart_socket::Status { pid: 1, generation: 1, started_at: 0, last_restart: None } },
+        shutdown.clone(),
+    ));
+    let mut client = Client::connect(&path).await.unwrap();
+    client.set_timeout(std::time::Duration::MAX);
+    assert_eq!(client.status().await.unwrap().generation, 1);
+    assert_eq!(client.restart(std::time::Duration::MAX).await.unwrap(), 7);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -6,6 +6,7 @@
 //! Build the binaries first (`cargo build -p lifeline --features cli --bins --examples`), or let
 //! `lifeline_tests::workspace_binary` build them.
 
+mod args;
 mod certs;
 mod control;
 mod handover;

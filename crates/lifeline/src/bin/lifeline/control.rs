@@ -22,7 +22,7 @@ pub(crate) struct RestartArgs {
     socket: PathBuf,
     /// Give up waiting for the answer after this long (default: 60s). A restart the service has
     /// begun still runs to completion.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     timeout: Option<Duration>,
 }
 

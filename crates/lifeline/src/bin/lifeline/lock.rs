@@ -37,7 +37,7 @@ const FORWARDED: [Signal; 7] = [
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Wait up to this long for held locks (humantime: `500ms`, `5s`); default: fail at once.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     wait: Option<Duration>,
     /// Lock file name inside each DIR.
     #[arg(long, default_value = ".lifeline.lock")]

@@ -2,6 +2,7 @@
 //! running service, and supervise a process. The flags, output and exit codes are a contract
 //! that operators' scripts depend on (see DESIGN.md).
 
+mod args;
 mod cert;
 mod control;
 mod lock;
@@ -83,9 +84,4 @@ fn error_line(err: &anyhow::Error) -> String {
         line.push_str(&text);
     }
     line.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Parses a humantime duration (`500ms`, `5s`, `1m`) for clap.
-fn parse_duration(s: &str) -> Result<std::time::Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
 }

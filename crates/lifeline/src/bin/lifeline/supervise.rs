@@ -28,7 +28,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pidfile: Option<PathBuf>,
     /// Time between the stop signal and SIGKILL.
-    #[arg(long, value_parser = crate::parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = crate::args::parse_duration, default_value = "5s")]
     grace: Duration,
     /// Signal that asks the service to stop.
     #[arg(long, default_value = "SIGTERM")]
@@ -38,17 +38,17 @@ pub(crate) struct Args {
     notify: bool,
     /// Restart the service when it does not send WATCHDOG=1 this often. Serves `NOTIFY_SOCKET`
     /// (with `WATCHDOG_USEC`) even without --notify; then the service counts as started at once.
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     watchdog: Option<Duration>,
     /// With --notify: stop and restart the service (a failure for the restart policy) when it has
     /// not sent READY=1 this long after it was started. Default: wait for ever.
-    #[arg(long, value_parser = crate::parse_duration, requires = "notify")]
+    #[arg(long, value_parser = crate::args::parse_duration, requires = "notify")]
     start_timeout: Option<Duration>,
     /// Give up after N failures within the --within window.
     #[arg(long, requires = "within")]
     max_failures: Option<u32>,
     /// The window for --max-failures.
-    #[arg(long, value_parser = crate::parse_duration, requires = "max_failures")]
+    #[arg(long, value_parser = crate::args::parse_duration, requires = "max_failures")]
     within: Option<Duration>,
     /// Which exits are restarted: every exit (a service runs forever), only failures, or none.
     #[arg(long, value_enum, default_value_t = Restart::Always)]
@@ -76,7 +76,7 @@ enum Restart {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let stop_signal: Signal = args.stop_signal.parse()?;
+    let stop_signal = crate::args::parse_signal(&args.stop_signal)?;
     // One thread: a supervisor spends its life asleep in epoll; this keeps it small.
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
