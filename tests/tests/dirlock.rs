@@ -286,3 +286,39 @@ fn a_successor_that_dies_does_not_take_the_lock_with_it() {
     lock.release().unwrap();
     assert!(!lock_file(dir.path()).exists());
 }
+
+/// An operator or a tmp cleaner removes the lock file under holder A; B then locks a new file at
+/// the path. When A lets go (released or dropped), it must not unlink B's file: that would let a
+/// third process C lock yet another new file while B still holds the directory.
+#[test]
+fn a_holder_whose_file_was_removed_never_unlinks_the_next_holders_file() {
+    for (flag, _) in primitives() {
+        for release in [&[][..], &["--drop"][..]] {
+            let args: Vec<&str> = flag.iter().chain(release).copied().collect();
+            let dir = tempfile::tempdir().unwrap();
+            let path = lock_file(dir.path());
+            let mut a = Fixture::hold(&args, &[dir.path()]);
+            assert_eq!(a.line(), format!("locked {}", a.pid()));
+            std::fs::remove_file(&path).unwrap();
+            let mut b = Fixture::hold(&args, &[dir.path()]);
+            assert_eq!(b.line(), format!("locked {}", b.pid()), "{args:?}");
+            let b_file = std::fs::metadata(&path).unwrap().ino();
+
+            assert_eq!(a.finish(), ("released".to_owned(), Some(0)), "{args:?}");
+            let meta = std::fs::metadata(&path).expect("A unlinked B's lock file");
+            assert_eq!(meta.ino(), b_file, "{args:?}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", b.pid()));
+            let mut c = Fixture::hold(&args, &[dir.path()]);
+            assert_eq!(c.line(), format!("held {}", b.pid()), "{args:?}: a third process got in");
+            assert_eq!(c.child.wait().unwrap().code(), Some(75));
+            if flag.is_empty() {
+                // flock(1), a real outside peer, agrees that B holds the file at the path.
+                let status = Command::new("flock").arg("-n").arg(&path).arg("true").status().unwrap();
+                assert_eq!(status.code(), Some(1), "flock -n took the lock B holds");
+            }
+
+            assert_eq!(b.finish(), ("released".to_owned(), Some(0)));
+            assert!(!path.exists(), "{args:?}: B's own release must still unlink its file");
+        }
+    }
+}

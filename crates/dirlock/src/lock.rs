@@ -4,12 +4,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag};
 
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
-use crate::lockfile::{self, Attempt, Kept};
+use crate::lockfile::{self, Attempt, FileId, Kept};
 use crate::options::LockOptions;
 
 /// How many times in a row the locked file may turn out to have been replaced before giving up
@@ -33,14 +32,26 @@ pub struct DirLock {
     dir: PathBuf,
 }
 
-/// Unlinks the lock file on drop, unless disarmed (release done explicitly, or exported), and
-/// only in the process that armed it: a `fork`ed child dropping its copy must not unlink the
-/// parent's lock file.
+/// Unlinks the lock file on drop, unless disarmed (release done explicitly, or exported), only
+/// in the process that armed it (a `fork`ed child dropping its copy must not unlink the parent's
+/// lock file), and only if the path still names the locked file (`held`: removed under us and
+/// re-created, it is the next holder's).
 #[derive(Debug)]
 struct UnlinkOnDrop {
     path: PathBuf,
+    /// The locked file's identity; `None` if it could not be learnt (then nothing is unlinked).
+    held: Option<FileId>,
     owner_pid: u32,
     armed: bool,
+}
+
+impl UnlinkOnDrop {
+    fn unlink(&self) -> Result<()> {
+        match self.held {
+            Some(held) => lockfile::unlink_if_same(&self.path, held).map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for UnlinkOnDrop {
@@ -48,11 +59,8 @@ impl Drop for UnlinkOnDrop {
         if !self.armed || std::process::id() != self.owner_pid {
             return;
         }
-        match nix::unistd::unlink(&self.path) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(err) => {
-                tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release");
-            }
+        if let Err(err) = self.unlink() {
+            tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release");
         }
     }
 }
@@ -138,7 +146,16 @@ impl DirLock {
     }
 
     fn from_parts(fd: OwnedFd, dir: PathBuf, path: PathBuf, pid: u32) -> DirLock {
-        DirLock { unlink: UnlinkOnDrop { path, owner_pid: pid, armed: true }, fd, dir }
+        let held = match nix::sys::stat::fstat(&fd) {
+            Ok(st) => Some(FileId::of(&st)),
+            Err(err) => {
+                // Not seen in practice (the fd was just used); the file is then left behind on
+                // release, which is harmless, rather than unlinked unchecked.
+                tracing::warn!(path = %path.display(), %err, "cannot stat the lock file; it will not be unlinked");
+                None
+            }
+        };
+        DirLock { unlink: UnlinkOnDrop { path, held, owner_pid: pid, armed: true }, fd, dir }
     }
 
     /// The locked directory, as it was given.
@@ -154,16 +171,15 @@ impl DirLock {
     /// Releases the lock now and reports what went wrong, which dropping cannot: unlinks the lock
     /// file while still holding the lock, then closes the descriptor.
     ///
+    /// Only the locked file is unlinked: if it was removed behind our back and the path now
+    /// names another file (the next holder's), that file is left alone.
+    ///
     /// The lock is released even when this returns an error (closing always releases it); the
     /// error says the file may have been left behind, which is harmless to the next acquirer.
     pub fn release(self) -> Result<()> {
         let DirLock { mut unlink, fd, dir: _ } = self;
         unlink.armed = false;
-        let unlinked = match nix::unistd::unlink(&unlink.path) {
-            // Someone removed it behind our back; nothing left to do.
-            Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(Error::io("unlink", &unlink.path, e)),
-        };
+        let unlinked = unlink.unlink();
         let closed = nix::unistd::close(fd).map_err(|e| Error::io("close", &unlink.path, e));
         unlinked.and(closed)
     }

@@ -118,7 +118,7 @@ fn locked(fd: OwnedFd, created: bool, path: &Path, pid: u32) -> Result<Attempt> 
     if let Err(err) = finish() {
         // A full disk (ENOSPC on the pid) or similar: give the lock up the way a release does —
         // unlink while still holding it, then close — so that nothing is left behind.
-        let _ = nix::unistd::unlink(path);
+        let _ = unlink_if_same(path, FileId::of(&stat));
         return Err(err);
     }
     Ok(Attempt::Locked(fd))
@@ -165,6 +165,47 @@ pub(crate) fn still_at_path(path: &Path, held: &FileStat) -> Result<bool> {
         Ok(st) => Ok(st.st_dev == held.st_dev && st.st_ino == held.st_ino),
         Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(Error::io("stat", path, e)),
+    }
+}
+
+/// The identity of a file: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(crate) fn of(st: &FileStat) -> FileId {
+        FileId { dev: st.st_dev, ino: st.st_ino }
+    }
+}
+
+/// Unlinks `path` only if it still names the file `held` identifies; `Ok(false)` when it names
+/// another file (or none), which is then left alone.
+///
+/// A holder calls this while it still holds the lock on `held`. If someone removed the file
+/// meanwhile (an operator, a tmp cleaner), the file now at the path may be the next holder's,
+/// and unlinking it would let a third process in. While the path does name `held`, no dirlock
+/// acquirer can put another file there (they open ours and are refused), so between the check
+/// and the unlink only an outside remover could swap it.
+pub(crate) fn unlink_if_same(path: &Path, held: FileId) -> Result<bool> {
+    match nix::sys::stat::lstat(path) {
+        Ok(st) if FileId::of(&st) == held => {}
+        Ok(_) => {
+            tracing::warn!(
+                path = %path.display(),
+                "the lock file was removed while held and another is at its path now; leaving that one"
+            );
+            return Ok(false);
+        }
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(Error::io("stat", path, e)),
+    }
+    match nix::unistd::unlink(path) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(Error::io("unlink", path, e)),
     }
 }
 

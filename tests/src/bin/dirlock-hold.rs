@@ -1,7 +1,8 @@
 //! Fixture: locks directories with `dirlock`, reports, holds until stdin closes, then releases.
 //!
-//! `dirlock-hold [--ofd] [--name FILE] [--wait-ms N] DIR...` prints `locked <pid>` once every lock
-//! is held, then `released` after stdin reaches EOF. With `--wait-ms`, a first refused attempt
+//! `dirlock-hold [--ofd] [--drop] [--name FILE] [--wait-ms N] DIR...` prints `locked <pid>` once
+//! every lock is held, then `released` after stdin reaches EOF (with `--drop` the locks are dropped
+//! instead of released explicitly: the unlink-on-drop path). With `--wait-ms`, a first refused attempt
 //! prints `waiting <pid|->` before waiting. On contention it prints `held <pid|->` and
 //! exits 75; on any other error `error <message>` and exits 1.
 
@@ -14,10 +15,12 @@ use dirlock::{LockOptions, LockSet, OfdLock};
 fn main() -> ExitCode {
     let mut options = LockOptions::new();
     let mut dirs = Vec::new();
+    let mut drop_them = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--ofd" => options = options.primitive(OfdLock),
+            "--drop" => drop_them = true,
             "--name" => options = options.file_name(args.next().expect("--name FILE")),
             "--wait-ms" => {
                 let ms = args.next().and_then(|v| v.parse().ok()).expect("--wait-ms N");
@@ -53,6 +56,11 @@ fn main() -> ExitCode {
     std::io::stdout().flush().expect("flush stdout");
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
+    if drop_them {
+        drop(set);
+        println!("released");
+        return ExitCode::SUCCESS;
+    }
     match set.release() {
         Ok(()) => {
             println!("released");
