@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -162,25 +163,41 @@ impl CertSource for PemFiles {
 
 /// Reads a whole regular file, refusing anything larger than `limit` bytes.
 ///
-/// Symlinks are followed. The type is checked before opening, so a FIFO or a device is an
-/// error instead of a blocked or endless read; the size is checked both before and during the
-/// read, so a file that grows meanwhile is still bounded.
+/// Symlinks are followed. The path's type is looked at first, so a FIFO or a device that sits
+/// there is never even opened; but the authority is the *opened* descriptor: it is opened with
+/// `O_NONBLOCK` (a FIFO swapped in after the look does not wait for a writer) and
+/// `O_CLOEXEC | O_NOCTTY`, then `fstat`ed, and anything but a regular file is refused, as is an
+/// announced size over `limit` (a huge sparse file costs neither reading nor memory). The read
+/// itself is bounded too, so a file that grows meanwhile is still refused.
 pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, Error> {
     let read_err = |source| Error::Read { path: path.to_path_buf(), source };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let looked = std::fs::metadata(path).map_err(read_err)?;
+    check_file(path, &looked, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(read_err)?;
+    let opened = file.metadata().map_err(read_err)?;
+    check_file(path, &opened, limit)?;
+    // At most `limit` (checked above): a bounded allocation.
+    let mut buf = Vec::with_capacity(opened.len() as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut buf).map_err(read_err)?;
+    if buf.len() as u64 > limit {
+        return Err(Error::TooLarge { path: path.to_path_buf(), limit });
+    }
+    Ok(buf)
+}
+
+/// A regular file of at most `limit` bytes, or the error that says why not.
+fn check_file(path: &Path, meta: &std::fs::Metadata, limit: u64) -> Result<(), Error> {
     if !meta.is_file() {
         return Err(Error::NotAFile { path: path.to_path_buf() });
     }
     if meta.len() > limit {
         return Err(Error::TooLarge { path: path.to_path_buf(), limit });
     }
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    file.take(limit.saturating_add(1)).read_to_end(&mut buf).map_err(read_err)?;
-    if buf.len() as u64 > limit {
-        return Err(Error::TooLarge { path: path.to_path_buf(), limit });
-    }
-    Ok(buf)
+    Ok(())
 }
 
 /// Every `CERTIFICATE` section of a PEM file, in order; at least one.
@@ -205,3 +222,6 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, 
 fn pem_error(path: &Path, err: &pem::Error) -> Error {
     Error::Pem { path: path.to_path_buf(), reason: one_line(&err.to_string()) }
 }
+
+#[cfg(test)]
+mod tests;

@@ -419,3 +419,62 @@ async fn a_debounce_too_long_for_an_instant_waits_for_ever_and_the_recheck_still
     pair(3).write_atomic(&cert, &key);
     reloaded_serial(&mut rx, "03").await;
 }
+
+/// A FIFO (nobody writing, then a writer that never writes) and a 2 GiB sparse file renamed in as
+/// the certificate: each reload is refused and reported, the old pair is served throughout, and
+/// a good pair afterwards is loaded (the loader is not stuck on the FIFO).
+#[tokio::test]
+async fn a_fifo_or_a_huge_sparse_file_as_the_certificate_is_refused_and_watching_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = paths(dir.path());
+    let first = pair(1);
+    first.write(&cert, &key);
+    let w = CertWatcher::new(source(&cert, &key), fast()).unwrap();
+    let mut rx = w.subscribe();
+    w.start().unwrap();
+    let spare = dir.path().join("spare");
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let failed = |rx: &mut broadcast::Receiver<ReloadEvent>| {
+        let mut rx = rx.resubscribe();
+        async move {
+            next(&mut rx, |ev| match ev {
+                ReloadEvent::Failed(err) => Some(err.to_string()),
+                _ => None,
+            })
+            .await
+        }
+    };
+
+    // A FIFO nobody writes to.
+    nix::unistd::mkfifo(&spare, mode).unwrap();
+    let refusal = failed(&mut rx);
+    std::fs::rename(&spare, &cert).unwrap();
+    let reason = refusal.await;
+    assert!(reason.contains("not a regular file"), "{reason}");
+    assert_eq!(w.certified_key().cert[0].as_ref(), first.der.as_slice());
+
+    // Asked directly: refused at once, without a writer and with one that holds the FIFO open
+    // and never writes.
+    for with_writer in [false, true] {
+        let writer =
+            with_writer.then(|| std::fs::OpenOptions::new().read(true).write(true).open(&cert).unwrap());
+        let err = tokio::time::timeout(PATIENCE, w.reload()).await.expect("reload returns").unwrap_err();
+        assert!(matches!(*err, Error::NotAFile { .. }), "{err:?}");
+        drop(writer);
+    }
+
+    // 2 GiB of nothing: refused from its size, neither read nor allocated.
+    std::fs::File::create(&spare).unwrap().set_len(2 << 30).unwrap();
+    let refusal = failed(&mut rx);
+    std::fs::rename(&spare, &cert).unwrap();
+    let reason = refusal.await;
+    assert!(reason.contains("larger than the limit"), "{reason}");
+    assert_eq!(w.certified_key().cert[0].as_ref(), first.der.as_slice());
+    assert!(w.stats().reloads_failed >= 2, "{:?}", w.stats());
+
+    // A good pair is picked up: nothing is stuck.
+    let renewed = pair(2);
+    renewed.write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "02").await;
+    assert_eq!(w.certified_key().cert[0].as_ref(), renewed.der.as_slice());
+}

@@ -120,3 +120,30 @@ fn garbage_and_missing_files_exit_1_with_the_reason() {
     assert_refused(&check(&cert, &dir.path().join("absent.pem")), "absent.pem");
     assert_refused(&check(&cert, dir.path()), "not a regular file");
 }
+
+/// A FIFO (without a writer, then with one that never writes) or a 2 GiB sparse file given as
+/// the certificate: refused at once in one line, exit 1, never a hang or a 2 GiB read.
+#[test]
+fn a_fifo_or_a_huge_sparse_file_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&key, fresh(1).key).unwrap();
+    let refused = |expected: &str| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (cert, key) = (cert.clone(), key.clone());
+        std::thread::spawn(move || tx.send(check(&cert, &key)));
+        let out = rx.recv_timeout(Duration::from_secs(20)).expect("lifeline cert check returns");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    };
+    nix::unistd::mkfifo(&cert, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    refused("is not a regular file");
+    let writer = std::fs::OpenOptions::new().read(true).write(true).open(&cert).unwrap();
+    refused("is not a regular file");
+    drop(writer);
+    std::fs::remove_file(&cert).unwrap();
+    std::fs::File::create(&cert).unwrap().set_len(2 << 30).unwrap();
+    refused("is larger than the limit");
+}
