@@ -87,6 +87,82 @@ pub fn parse_fds(value: &str) -> Result<Vec<(String, RawFd)>, Error> {
     Ok(out)
 }
 
+/// What a spawned successor inherits, as its environment names it: the named fds, the read end
+/// of the state pipe and the write end of the readiness pipe. Every number appears once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SuccessorFds {
+    pub(crate) fds: Vec<(String, RawFd)>,
+    pub(crate) state: RawFd,
+    pub(crate) ready: RawFd,
+}
+
+/// Parses `LIFELINE_FDS`, `LIFELINE_STATE_FD` and `LIFELINE_READY_FD` together (a missing
+/// `LIFELINE_FDS` is an empty list; the two pipes are required). Each fd number may be named only
+/// once across the three: a number named twice would get two owners (two `OwnedFd`s, two closes).
+pub(crate) fn parse_successor_fds(
+    fds: Option<&str>,
+    state: Option<&str>,
+    ready: Option<&str>,
+) -> Result<SuccessorFds, Error> {
+    let fds = parse_fds(fds.unwrap_or_default())?;
+    let pipe = |var: &'static str, value: Option<&str>| {
+        let value = value.unwrap_or_default();
+        match parse_fd(value) {
+            Some(fd) if fd >= SD_LISTEN_FDS_START => Ok(fd),
+            _ => Err(Error::Env {
+                var,
+                value: value.to_owned(),
+                reason: "not a file descriptor number ≥ 3".to_owned(),
+            }),
+        }
+    };
+    let state = pipe(LIFELINE_STATE_FD, state)?;
+    let ready = pipe(LIFELINE_READY_FD, ready)?;
+    let named = |fd: RawFd| fds.iter().find(|(_, f)| *f == fd).map(|(name, _)| name.as_str());
+    let twice = |var: &'static str, fd: RawFd, other: String| Error::Env {
+        var,
+        value: fd.to_string(),
+        reason: format!("fd {fd} is also {other}"),
+    };
+    if let Some(name) = named(state) {
+        return Err(twice(LIFELINE_STATE_FD, state, format!("{name:?} in {LIFELINE_FDS}")));
+    }
+    if let Some(name) = named(ready) {
+        return Err(twice(LIFELINE_READY_FD, ready, format!("{name:?} in {LIFELINE_FDS}")));
+    }
+    if ready == state {
+        return Err(twice(LIFELINE_READY_FD, ready, LIFELINE_STATE_FD.to_owned()));
+    }
+    Ok(SuccessorFds { fds, state, ready })
+}
+
+/// Refuses socket-activated fds (`listen`, parsed from `LISTEN_FDS` = `listen_fds`) that the
+/// predecessor's variables name too: both apply only when systemd started a process that is
+/// also a spawned successor, and then one number must not get two owners either.
+pub(crate) fn check_disjoint(
+    successor: &SuccessorFds,
+    listen: &[(String, RawFd)],
+    listen_fds: &str,
+) -> Result<(), Error> {
+    for (listen_name, fd) in listen {
+        let other = if *fd == successor.state {
+            Some(LIFELINE_STATE_FD.to_owned())
+        } else if *fd == successor.ready {
+            Some(LIFELINE_READY_FD.to_owned())
+        } else {
+            successor.fds.iter().find(|(_, f)| f == fd).map(|(name, _)| format!("{name:?} in {LIFELINE_FDS}"))
+        };
+        if let Some(other) = other {
+            return Err(Error::Env {
+                var: LISTEN_FDS,
+                value: listen_fds.to_owned(),
+                reason: format!("fd {fd} ({listen_name:?}) is also {other}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A decimal fd number without sign or leading `+`.
 pub(crate) fn parse_fd(text: &str) -> Option<RawFd> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
@@ -106,7 +182,8 @@ pub(crate) fn parse_pid(text: &str) -> Option<u32> {
 /// Interprets systemd's socket-activation variables for the process `my_pid` (`sd_listen_fds(3)`).
 ///
 /// Returns no fds when `LISTEN_PID` is unset or names another process (the variables were
-/// inherited from an ancestor and are not for us). Names come from `LISTEN_FDNAMES` when set
+/// inherited from an ancestor and are not for us), or when `LISTEN_FDS=0` (with an empty or
+/// missing `LISTEN_FDNAMES`, as libsystemd accepts it). Names come from `LISTEN_FDNAMES` when set
 /// (an empty element stays empty, as in libsystemd), else every fd is named `unknown`.
 pub fn parse_listen_fds(
     listen_pid: Option<&str>,
@@ -134,6 +211,9 @@ pub fn parse_listen_fds(
         return Err(bad_count("too many file descriptors"));
     }
     let names: Vec<String> = match listen_fdnames {
+        // No fds, no names: libsystemd accepts `LISTEN_FDS=0` with an empty `LISTEN_FDNAMES`.
+        // (With one fd, the empty string is that fd's empty name.)
+        Some("") if count == 0 => Vec::new(),
         Some(names) => names.split(':').map(str::to_owned).collect(),
         None => vec!["unknown".to_owned(); count],
     };

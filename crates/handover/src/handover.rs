@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt as _;
 
 use crate::env::{
     LIFELINE_FDS, LIFELINE_PARENT_PID, LIFELINE_READY_FD, LIFELINE_STATE_FD, LISTEN_FDNAMES, LISTEN_FDS,
-    LISTEN_PID, parse_fd, parse_fds, parse_listen_fds, parse_pid,
+    LISTEN_PID, check_disjoint, parse_listen_fds, parse_pid, parse_successor_fds,
 };
 use crate::fds::{Inherited, Kind, Origin, Registry, adopt_raw, check_kind, claim_adoption};
 use crate::state::StateReader;
@@ -97,14 +97,6 @@ fn env_var(var: &'static str) -> Result<Option<String>, Error> {
     }
 }
 
-fn env_fd(var: &'static str) -> Result<i32, Error> {
-    let value = env_var(var)?.unwrap_or_default();
-    match parse_fd(&value) {
-        Some(fd) if fd >= 3 => Ok(fd),
-        _ => Err(Error::Env { var, value, reason: "not a file descriptor number ≥ 3".to_owned() }),
-    }
-}
-
 impl Handover {
     pub(crate) fn bare(config: Config, start: Start) -> Result<Self, Error> {
         // Resolved now, as a path: `/proc/self/exe` keeps pointing at the old inode after an
@@ -147,16 +139,32 @@ impl Handover {
         let mut handover = Handover::bare(config, start)?;
         claim_adoption()?;
 
-        if let Some(predecessor) = spawned {
-            let value = env_var(LIFELINE_FDS)?.unwrap_or_default();
-            for (name, fd) in parse_fds(&value)? {
+        // Everything is parsed and cross-checked before any number is owned: one fd named by
+        // two variables would get two owners.
+        let successor = match spawned {
+            Some(_) => Some(parse_successor_fds(
+                env_var(LIFELINE_FDS)?.as_deref(),
+                env_var(LIFELINE_STATE_FD)?.as_deref(),
+                env_var(LIFELINE_READY_FD)?.as_deref(),
+            )?),
+            None => None,
+        };
+        let listen_pid = env_var(LISTEN_PID)?;
+        let listen_fds = env_var(LISTEN_FDS)?;
+        let listen_names = env_var(LISTEN_FDNAMES)?;
+        let systemd =
+            parse_listen_fds(listen_pid.as_deref(), listen_fds.as_deref(), listen_names.as_deref(), my_pid)?;
+        if let Some(successor) = &successor {
+            check_disjoint(successor, &systemd, listen_fds.as_deref().unwrap_or_default())?;
+        }
+
+        if let (Some(predecessor), Some(successor)) = (spawned, successor) {
+            for (name, fd) in successor.fds {
                 let owned = adopt_raw(&name, fd)?;
                 handover.inherited.push(name, owned, Origin::Predecessor);
             }
-            let state = env_fd(LIFELINE_STATE_FD)?;
-            let ready = env_fd(LIFELINE_READY_FD)?;
-            handover.state = Some(StateSource::Pipe(adopt_raw("state pipe", state)?));
-            handover.ready = Some(ReadySink::Pipe(adopt_raw("readiness pipe", ready)?));
+            handover.state = Some(StateSource::Pipe(adopt_raw("state pipe", successor.state)?));
+            handover.ready = Some(ReadySink::Pipe(adopt_raw("readiness pipe", successor.ready)?));
             tracing::info!(predecessor, fds = handover.inherited.len(), "started by a handover");
         } else if parent.is_some() {
             tracing::debug!(
@@ -166,11 +174,6 @@ impl Handover {
             );
         }
 
-        let listen_pid = env_var(LISTEN_PID)?;
-        let listen_fds = env_var(LISTEN_FDS)?;
-        let listen_names = env_var(LISTEN_FDNAMES)?;
-        let systemd =
-            parse_listen_fds(listen_pid.as_deref(), listen_fds.as_deref(), listen_names.as_deref(), my_pid)?;
         if !systemd.is_empty() {
             tracing::info!(fds = systemd.len(), "adopting socket-activated file descriptors");
         }

@@ -101,7 +101,8 @@
 //! - Registered fds keep `FD_CLOEXEC` in this process; it is cleared only in the successor,
 //!   between `fork` and `exec`. Other children never inherit them.
 //! - The successor runs in its own process group: when it fails (exits, crashes, or is not
-//!   ready within [`Config::ready_timeout`]), the group is killed (`SIGKILL`) and the successor reaped.
+//!   ready within [`Config::ready_timeout`]), the group is killed (`SIGKILL`) and the successor reaped
+//!   (waiting at most 5 s: one stuck in uninterruptible sleep is reaped in the background later).
 //! - One upgrade at a time ([`Error::InProgress`]); after a success the old process answers
 //!   [`Error::AlreadyUpgraded`], sends `MAINPID=<new pid>` when `NOTIFY_SOCKET` is set (it is
 //!   still the main process, so `NotifyAccess=main` accepts it), updates the pid file, and

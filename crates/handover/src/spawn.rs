@@ -27,6 +27,10 @@ use crate::{Error, StateWriter};
 /// failure reported as "closed" rather than with its exit status).
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a successor may take to be gone after `SIGKILL` before the upgrade stops waiting for
+/// it (see [`reap_within`]).
+pub(crate) const REAP_BOUND: Duration = Duration::from_secs(5);
+
 /// Spawns the successor and waits for it to become ready; kills its process group on failure.
 pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLifecycle) -> Result<u32, Error> {
     let (state_rx, state_tx) =
@@ -166,7 +170,7 @@ pub(crate) async fn read_ready<R: tokio::io::AsyncRead + Unpin>(mut ready: R) ->
     Ok(Some(u32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]])))
 }
 
-/// SIGKILLs the child's process group and reaps the child.
+/// SIGKILLs the child's process group and reaps the child, waiting at most [`REAP_BOUND`].
 async fn kill_and_reap(child: &mut Child, pid: u32) {
     if pid != 0 {
         // The group id is the child's pid (`process_group(0)`). While the group has members
@@ -176,8 +180,39 @@ async fn kill_and_reap(child: &mut Child, pid: u32) {
             Err(e) => tracing::warn!(pid, error = %e, "cannot kill the new process group"),
         }
     }
-    match child.wait().await {
-        Ok(status) => tracing::info!(pid, ?status, "the failed new process was reaped"),
-        Err(e) => tracing::warn!(pid, error = %e, "cannot reap the failed new process"),
+    reap_within(child.wait(), pid, REAP_BOUND).await;
+}
+
+/// Waits at most `bound` for `reap` (the exit status of the killed successor `pid`); whether it
+/// was reaped.
+///
+/// A process in uninterruptible sleep (D state) does not go away on `SIGKILL` until its I/O
+/// ends, which may be never; waiting for it without bound would hold the upgrade lock and refuse
+/// every later restart as "already in progress". So the wait ends after `bound`: the `Child` is
+/// then dropped by the caller and tokio reaps it in the background whenever it does exit (no
+/// zombie is left for longer than the process itself lives).
+pub(crate) async fn reap_within(
+    reap: impl Future<Output = io::Result<std::process::ExitStatus>>,
+    pid: u32,
+    bound: Duration,
+) -> bool {
+    match tokio::time::timeout(bound, reap).await {
+        Ok(Ok(status)) => {
+            tracing::info!(pid, ?status, "the failed new process was reaped");
+            true
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(pid, error = %e, "cannot reap the failed new process");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                pid,
+                ?bound,
+                "the failed new process is still there after SIGKILL (uninterruptible sleep?); \
+                 not waiting any longer, it is reaped in the background when it exits"
+            );
+            false
+        }
     }
 }

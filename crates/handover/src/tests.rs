@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+/// How long a test waits for something that should happen at once.
+const PATIENCE: Duration = Duration::from_secs(20);
+
 use crate::handover::{Handover, Start};
 use crate::{Config, Error};
 
@@ -27,4 +30,29 @@ fn deadlines_saturate() {
     let now = tokio::time::Instant::now();
     assert!(crate::config::deadline_after(now, Duration::MAX) > now + Duration::from_secs(3_000_000_000));
     assert_eq!(crate::config::deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+}
+
+/// A successor in uninterruptible sleep (D state: stuck on a dead NFS server, a failing disk)
+/// does not go away on `SIGKILL` until its I/O ends, and waiting for it without bound held the
+/// upgrade lock: every later restart was refused as "already in progress". D state cannot be
+/// produced on demand here, so — mocking only what cannot be had — the reap of such a process is
+/// a future that never completes: the wait for it must end anyway, reporting it as not reaped.
+#[tokio::test]
+async fn the_wait_for_a_killed_successor_that_never_exits_is_bounded() {
+    let never = std::future::pending::<std::io::Result<std::process::ExitStatus>>();
+    let reaped =
+        tokio::time::timeout(PATIENCE, crate::spawn::reap_within(never, 4242, Duration::from_millis(50)))
+            .await
+            .expect("the wait for a successor that never exits ends");
+    assert!(!reaped);
+}
+
+/// A successor that does exit when killed is reaped within the bound, as before.
+#[tokio::test]
+async fn a_killed_successor_is_reaped() {
+    let mut child = tokio::process::Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = child.id().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    assert!(crate::spawn::reap_within(child.wait(), pid, PATIENCE).await);
 }

@@ -106,3 +106,118 @@ proptest! {
         let _ = parse_listen_fds(Some("1"), Some(&text), Some(&text), 1);
     }
 }
+
+#[test]
+fn zero_listen_fds_with_empty_names_is_no_fds_as_in_libsystemd() {
+    assert_eq!(parse_listen_fds(Some("7"), Some("0"), Some(""), 7).unwrap(), vec![]);
+    assert_eq!(parse_listen_fds(Some("7"), Some("0"), None, 7).unwrap(), vec![]);
+    // A name for no fd is still a mismatch.
+    let err = parse_listen_fds(Some("7"), Some("0"), Some("web"), 7).unwrap_err();
+    assert!(matches!(err, Error::Env { var: LISTEN_FDNAMES, .. }), "{err}");
+}
+
+#[test]
+fn successor_fds_are_each_named_once() {
+    let ok = parse_successor_fds(Some("http=5,admin=6"), Some("7"), Some("8")).unwrap();
+    assert_eq!(ok.fds, vec![("http".to_owned(), 5), ("admin".to_owned(), 6)]);
+    assert_eq!((ok.state, ok.ready), (7, 8));
+    assert_eq!(parse_successor_fds(None, Some("3"), Some("4")).unwrap().fds, vec![]);
+    for (fds, state, ready, var) in [
+        ("http=5", "5", "8", LIFELINE_STATE_FD),
+        ("http=5", "7", "5", LIFELINE_READY_FD),
+        ("http=5", "7", "7", LIFELINE_READY_FD),
+        ("http=5", "2", "8", LIFELINE_STATE_FD),
+        ("http=5", "7", "", LIFELINE_READY_FD),
+        ("http=5", "x", "8", LIFELINE_STATE_FD),
+        ("http=5,http=6", "7", "8", LIFELINE_FDS),
+    ] {
+        let err = parse_successor_fds(Some(fds), Some(state), Some(ready)).unwrap_err();
+        assert!(matches!(err, Error::Env { var: v, .. } if v == var), "{fds} {state} {ready}: {err}");
+    }
+    let err = parse_successor_fds(Some("http=5"), None, Some("8")).unwrap_err();
+    assert!(matches!(err, Error::Env { var: LIFELINE_STATE_FD, .. }), "{err}");
+}
+
+#[test]
+fn systemd_fds_must_not_be_the_predecessors_too() {
+    let successor = parse_successor_fds(Some("http=5"), Some("6"), Some("7")).unwrap();
+    check_disjoint(&successor, &parse_listen_fds(Some("1"), Some("2"), None, 1).unwrap(), "2").unwrap();
+    for count in ["3", "4", "5"] {
+        let listen = parse_listen_fds(Some("1"), Some(count), None, 1).unwrap();
+        let err = check_disjoint(&successor, &listen, count).unwrap_err();
+        assert!(matches!(err, Error::Env { var: LISTEN_FDS, .. }), "{count}: {err}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn successor_env_never_panics_and_never_names_an_fd_twice(
+        fds in "[a-z0-9=,]{0,30}",
+        state in "[0-9]{0,3}",
+        ready in "[0-9]{0,3}",
+        listen in 0usize..8,
+    ) {
+        if let Ok(parsed) = parse_successor_fds(Some(&fds), Some(&state), Some(&ready)) {
+            let mut all: Vec<RawFd> = parsed.fds.iter().map(|(_, fd)| *fd).collect();
+            all.extend([parsed.state, parsed.ready]);
+            let count = all.len();
+            all.sort_unstable();
+            all.dedup();
+            prop_assert_eq!(all.len(), count);
+            prop_assert!(all.iter().all(|fd| *fd >= 3));
+            let systemd = parse_listen_fds(Some("1"), Some(&listen.to_string()), None, 1).unwrap();
+            let disjoint = check_disjoint(&parsed, &systemd, &listen.to_string()).is_ok();
+            let overlaps = systemd.iter().any(|(_, fd)| all.contains(fd));
+            prop_assert_eq!(disjoint, !overlaps);
+        }
+    }
+
+    #[test]
+    fn arbitrary_successor_env_is_a_value_or_a_typed_error(
+        fds in "\\PC{0,40}", state in "\\PC{0,6}", ready in "\\PC{0,6}"
+    ) {
+        match parse_successor_fds(Some(&fds), Some(&state), Some(&ready)) {
+            Ok(parsed) => {
+                // Round trip: formatting what was accepted gives it back.
+                let text = format_fds(parsed.fds.iter().map(|(n, fd)| (n.as_str(), *fd)));
+                let again = parse_successor_fds(Some(&text), Some(&parsed.state.to_string()), Some(&parsed.ready.to_string()));
+                prop_assert_eq!(again.unwrap(), parsed);
+            }
+            Err(err) => prop_assert!(matches!(err, Error::Env { .. }), "{}", err),
+        }
+    }
+
+    #[test]
+    fn listen_env_is_a_value_or_a_typed_error(
+        pid in "\\PC{0,8}", count in "\\PC{0,6}", names in proptest::option::of("\\PC{0,40}")
+    ) {
+        match parse_listen_fds(Some(&pid), Some(&count), names.as_deref(), 42) {
+            Ok(fds) => {
+                // fds are 3, 4, ... in order, as many as LISTEN_FDS says (none for another pid).
+                for (i, (_, fd)) in fds.iter().enumerate() {
+                    prop_assert_eq!(*fd, 3 + i as RawFd);
+                }
+                if !fds.is_empty() {
+                    prop_assert_eq!(fds.len().to_string(), count.clone());
+                    // Round trip through LISTEN_FDNAMES.
+                    let joined = fds.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(":");
+                    let again = parse_listen_fds(Some("42"), Some(&count), Some(&joined), 42).unwrap();
+                    prop_assert_eq!(again, fds);
+                }
+            }
+            Err(err) => prop_assert!(matches!(err, Error::Env { .. }), "{}", err),
+        }
+    }
+
+    #[test]
+    fn listen_fds_for_us_round_trip(names in proptest::collection::vec("[a-z0-9_.-]{1,10}", 0..20)) {
+        let count = names.len().to_string();
+        let joined = names.join(":");
+        let fds = parse_listen_fds(Some("42"), Some(&count), Some(&joined), 42).unwrap();
+        prop_assert_eq!(fds.len(), names.len());
+        for ((name, fd), (i, expected)) in fds.iter().zip(names.iter().enumerate()) {
+            prop_assert_eq!(name, expected);
+            prop_assert_eq!(*fd, 3 + i as RawFd);
+        }
+    }
+}

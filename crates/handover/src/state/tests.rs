@@ -99,6 +99,49 @@ proptest! {
     }
 
     #[test]
+    fn any_header_is_a_typed_error_or_round_trips(header in proptest::array::uniform12(any::<u8>()), limit in 0usize..1 << 20) {
+        match parse_header(&header, limit) {
+            Ok((version, len)) => {
+                prop_assert!(len <= limit);
+                let mut again = Vec::from(STATE_MAGIC);
+                again.extend_from_slice(&version.to_le_bytes());
+                again.extend_from_slice(&(len as u32).to_le_bytes());
+                prop_assert_eq!(&again[..], &header[..]);
+            }
+            Err(err) => prop_assert!(
+                matches!(err, Error::StateCorrupt { .. } | Error::StateTooLarge { .. }),
+                "{}", err
+            ),
+        }
+    }
+
+    #[test]
+    fn a_frame_read_from_arbitrary_bytes_is_exactly_those_bytes(
+        magic in proptest::bool::weighted(0.8),
+        version in any::<u32>(),
+        len in 0u32..80,
+        body in proptest::collection::vec(any::<u8>(), 0..80),
+        limit in 0usize..100,
+    ) {
+        let mut bytes = if magic { Vec::from(STATE_MAGIC) } else { b"LLsT".to_vec() };
+        bytes.extend_from_slice(&version.to_le_bytes());
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(&body);
+        match read(&bytes, limit) {
+            Ok(Some(frame)) => {
+                prop_assert_eq!(frame.version, version);
+                prop_assert_eq!(frame.payload.len(), len as usize);
+                prop_assert_eq!(&frame.payload[..], &body[..len as usize]);
+            }
+            Ok(None) => prop_assert!(bytes.is_empty()),
+            Err(err) => prop_assert!(
+                matches!(err, Error::StateCorrupt { .. } | Error::StateTooLarge { .. }),
+                "{}", err
+            ),
+        }
+    }
+
+    #[test]
     fn flipped_header_bytes_never_panic(state in app_state(), at in 0usize..HEADER_LEN, byte in any::<u8>()) {
         let mut frame = encode_frame(1, &state, DEFAULT_STATE_LIMIT).unwrap();
         frame[at] = byte;
