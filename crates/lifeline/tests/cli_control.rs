@@ -149,3 +149,42 @@ async fn a_peer_with_another_uid_is_refused() {
     }
     server.stop().await;
 }
+
+/// A unix stream server in perl: prints `ready`, then `got N` (bytes received) per connection.
+const SERVER: &str = r#"
+    use IO::Socket::UNIX; use Socket; $| = 1;
+    my $l = IO::Socket::UNIX->new(Type => SOCK_STREAM, Local => $ARGV[0], Listen => 8) or die "$!\n";
+    print "ready\n";
+    while (my $c = $l->accept) { my $n = 0; while (my $r = $c->sysread(my $b, 4096)) { $n += $r } print "got $n\n" }
+"#;
+
+/// A control socket served by another user (perl as `nobody`): `lifeline status` and `lifeline
+/// restart` refuse to talk to it — one line naming its uid, exit 1 — and send it nothing.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_server_of_another_user_is_not_talked_to() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root (setpriv to another uid)");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.path().join("control.sock");
+    let mut perl = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "perl", "-e", SERVER])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(perl.stdout.take().unwrap()));
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(PATIENCE, lines.next_line()).await.expect("perl answers").unwrap()
+    };
+    assert_eq!(next(&mut lines).await.as_deref(), Some("ready"));
+    for subcommand in ["status", "restart"] {
+        let out = lifeline(&[subcommand], &socket).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{subcommand}: {stderr}");
+        assert!(stderr.contains("runs as uid 65534") && stderr.lines().count() == 1, "{stderr}");
+        assert_eq!(next(&mut lines).await.as_deref(), Some("got 0"), "{subcommand} sent bytes");
+    }
+    perl.kill().await.unwrap();
+}

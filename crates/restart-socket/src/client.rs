@@ -13,6 +13,48 @@ use crate::wire::{self, ReadError, Request, Response, Status};
 /// How long [`Client::status`] waits by default (see [`Client::set_timeout`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Which servers a [`Client`] talks to.
+///
+/// Whoever can create a file where the client looks could answer in the service's name (a path
+/// in a shared directory, a socket planted before the service started). So before sending a
+/// byte, the client reads the server's uid from the connection (`SO_PEERCRED`, set by the
+/// kernel) and refuses a server outside the expected set with [`Error::UntrustedServer`].
+///
+/// ```
+/// use restart_socket::ClientConfig;
+///
+/// // Default: the server runs as our effective uid or as root.
+/// let default = ClientConfig::default();
+/// assert!(default.server_uids.is_empty());
+/// // Exactly these uids (root is then not implied).
+/// let service = ClientConfig::default().server_uid(998);
+/// assert_eq!(service.server_uids, [998]);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// The uids the server may run as. Empty (the default): this process's effective uid or root.
+    pub server_uids: Vec<u32>,
+}
+
+impl ClientConfig {
+    /// Expects the server to run as `uid` (or another uid added this way); our own uid and root
+    /// are then trusted only if added too.
+    pub fn server_uid(mut self, uid: u32) -> Self {
+        self.server_uids.push(uid);
+        self
+    }
+
+    /// Whether a server running as `uid` is trusted.
+    fn trusts(&self, uid: u32) -> bool {
+        if self.server_uids.is_empty() {
+            uid == nix::unistd::geteuid().as_raw() || uid == 0
+        } else {
+            self.server_uids.contains(&uid)
+        }
+    }
+}
+
 /// A connection to a restart socket. Requests can be sent one after another on it.
 #[derive(Debug)]
 pub struct Client {
@@ -23,20 +65,33 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the socket at `path`.
+    /// Connects to the socket at `path`, whose server must run as our effective uid or root
+    /// ([`ClientConfig::default`]).
     ///
-    /// A missing socket file or one nobody accepts on is [`Error::NoServer`].
+    /// A missing socket file or one nobody accepts on is [`Error::NoServer`]; a server of another
+    /// user is [`Error::UntrustedServer`] (nothing was sent to it).
     pub async fn connect(path: impl AsRef<Path>) -> Result<Client, Error> {
+        Self::connect_with(path, &ClientConfig::default()).await
+    }
+
+    /// Connects to the socket at `path`, whose server must run as a uid `config` trusts.
+    pub async fn connect_with(path: impl AsRef<Path>, config: &ClientConfig) -> Result<Client, Error> {
         let path = path.as_ref().to_owned();
-        match UnixStream::connect(&path).await {
-            Ok(stream) => Ok(Client { stream, path, timeout: DEFAULT_TIMEOUT, buf: Vec::new() }),
+        let stream = match UnixStream::connect(&path).await {
+            Ok(stream) => stream,
             Err(source)
                 if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
             {
-                Err(Error::NoServer { path, source })
+                return Err(Error::NoServer { path, source });
             }
-            Err(source) => Err(Error::Connect { path, source }),
+            Err(source) => return Err(Error::Connect { path, source }),
+        };
+        // The credentials the kernel recorded when the server called listen(): not forgeable.
+        let cred = stream.peer_cred().map_err(|source| Error::Connect { path: path.clone(), source })?;
+        if !config.trusts(cred.uid()) {
+            return Err(Error::UntrustedServer { path, uid: cred.uid(), pid: cred.pid().map(|p| p as u32) });
         }
+        Ok(Client { stream, path, timeout: DEFAULT_TIMEOUT, buf: Vec::new() })
     }
 
     /// Sets how long [`status`](Self::status) and [`request`](Self::request) wait for an answer.

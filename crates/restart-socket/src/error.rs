@@ -73,6 +73,17 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The server at the path runs as a uid the client does not trust
+    /// ([`ClientConfig`](crate::ClientConfig)); nothing was sent to it.
+    #[error("the server at {path} runs as uid {uid}, which is not trusted; nothing was sent to it")]
+    UntrustedServer {
+        /// The socket path.
+        path: PathBuf,
+        /// The server's uid (`SO_PEERCRED`).
+        uid: u32,
+        /// The server's pid, when the kernel told it.
+        pid: Option<u32>,
+    },
     /// Connecting failed for another reason (permissions, path too long, ...).
     #[error("cannot connect to {path}: {source}")]
     Connect {

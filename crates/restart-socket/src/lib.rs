@@ -58,13 +58,18 @@
 //! - Bind (or adopt) before dropping privileges or entering a sandbox: the socket file is
 //!   created, chmod-ed and renamed under the service's own identity, and a handover needs the
 //!   fd inherited across `execve`.
-//! - The socket file is created with mode 0600 under a temporary name in the same directory and
-//!   only then moved into place, so it is never reachable with wider permissions. A stale socket
+//! - The socket file is bound and set to mode 0600 inside a private directory (0700, random name)
+//!   created beside the final path, and only then moved into place, so it is never reachable
+//!   with wider permissions, and nothing another user plants in a shared directory (a file or
+//!   symlink at a predictable name) can block the bind or redirect its `chmod`. A stale socket
 //!   (connecting is refused: its server died) is replaced; a live one is [`Error::InUse`]; a path
 //!   that is not a socket is never deleted ([`Error::NotASocket`]).
 //! - Every connection's `SO_PEERCRED` uid is checked before a byte is read: only the server's
 //!   effective uid and [`ServerConfig::allowed_uids`] are served; others get one
 //!   [`ErrorKind::PermissionDenied`] frame and are logged.
+//! - A [`Client`] checks the *server's* `SO_PEERCRED` uid before sending a byte: our effective
+//!   uid or root by default, or the uids of a [`ClientConfig`]; anything else is
+//!   [`Error::UntrustedServer`].
 //! - Peers cannot stall the server: each frame must arrive within
 //!   [`ServerConfig::read_timeout`], connections are capped at
 //!   [`ServerConfig::max_connections`], frames over [`wire::MAX_FRAME_LEN`] are refused before
@@ -82,7 +87,7 @@ mod server;
 mod sys;
 pub mod wire;
 
-pub use client::{Client, DEFAULT_TIMEOUT};
+pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT};
 pub use error::Error;
 pub use handler::{RestartHandler, StatusProvider};
 pub use server::{ListenerHandle, RESTART_IN_PROGRESS, Server, ServerConfig};

@@ -3,15 +3,17 @@
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag};
 use nix::sys::socket::{
     self, AddressFamily, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr, sockopt,
 };
+use nix::sys::stat::{FchmodatFlags, Mode};
+use nix::unistd::UnlinkatFlags;
 
 use crate::Error;
 
@@ -57,22 +59,106 @@ fn probe(path: &Path) -> io::Result<Probe> {
     }
 }
 
-/// The temporary name is short (sockets paths are limited to 107 bytes) and unique among
-/// concurrent binders: pid plus a per-process counter.
-fn temp_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = format!(".rs{:x}.{n:x}", std::process::id());
-    path.parent().map_or_else(|| PathBuf::from(&name), |dir| dir.join(&name))
+/// A directory only this process's user can enter, created with an unpredictable name beside
+/// the socket's final path: the socket is bound and chmodded in there, where nobody else can
+/// plant, swap or race anything, and then moved into place. Removed (with whatever is left in
+/// it) on drop.
+struct PrivateDir {
+    path: PathBuf,
+    fd: OwnedFd,
 }
 
-/// Removes the temporary socket file unless it was moved into place.
-struct TempFile(Option<PathBuf>);
+/// The socket's name inside its [`PrivateDir`].
+const TEMP_NAME: &str = "s";
 
-impl Drop for TempFile {
+impl PrivateDir {
+    fn create(beside: &Path) -> io::Result<PrivateDir> {
+        let parent = match beside.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        // mkdtemp: mode 0700, a random name, O_EXCL semantics: a squatter at one name costs a
+        // retry inside libc, never a failure or a followed symlink.
+        let path = nix::unistd::mkdtemp(&parent.join(".rs-XXXXXX"))?;
+        let dir = PrivateDir::open(path.clone());
+        if dir.is_err() {
+            // Not ours after all (swapped in a directory where others may rename): leave it.
+            tracing::warn!(path = %path.display(), "the private directory changed before it was opened");
+        }
+        dir
+    }
+
+    fn open(path: PathBuf) -> io::Result<PrivateDir> {
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = nix::sys::stat::fstat(&fd)?;
+        if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+            return Err(io::Error::other(format!("{} is not a private directory of ours", path.display())));
+        }
+        // An umask of 0777 would leave it unusable to ourselves.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))?;
+        Ok(PrivateDir { path, fd })
+    }
+
+    /// Binds a listening socket at `TEMP_NAME` inside, through the directory's descriptor when
+    /// `/proc` is there (no path to race at all, and a short address whatever the real path's
+    /// length), else through its path (which nobody else can enter).
+    fn bind(&self) -> io::Result<UnixListener> {
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}/{TEMP_NAME}", self.fd.as_raw_fd()));
+        match UnixListener::bind(&by_fd) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self/fd").exists() => {
+                UnixListener::bind(self.path.join(TEMP_NAME))
+            }
+            other => other,
+        }
+    }
+
+    /// The socket inside, chmodded to 0600 and checked to be the socket we bound.
+    fn seal(&self) -> io::Result<FileId> {
+        nix::sys::stat::fchmodat(
+            &self.fd,
+            TEMP_NAME,
+            Mode::from_bits_truncate(0o600),
+            FchmodatFlags::FollowSymlink,
+        )?;
+        let st = nix::sys::stat::fstatat(&self.fd, TEMP_NAME, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK || st.st_mode & 0o7777 != 0o600 {
+            return Err(io::Error::other("the bound socket file is not a 0600 socket"));
+        }
+        Ok(FileId { dev: st.st_dev, ino: st.st_ino })
+    }
+
+    /// Hard-links the socket to `path`; fails with `EEXIST` if anything is there.
+    fn link_to(&self, path: &Path) -> io::Result<()> {
+        Ok(nix::unistd::linkat(&self.fd, TEMP_NAME, AT_FDCWD, path, AtFlags::empty())?)
+    }
+
+    /// Renames the socket over `path` (atomically replacing a stale socket).
+    fn rename_to(&self, path: &Path) -> io::Result<()> {
+        Ok(nix::fcntl::renameat(&self.fd, TEMP_NAME, AT_FDCWD, path)?)
+    }
+}
+
+impl Drop for PrivateDir {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
+        match nix::unistd::unlinkat(&self.fd, TEMP_NAME, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), %err, "cannot remove the temporary socket");
+            }
+        }
+        // Removed by path only while the path still names our directory (it is empty by now:
+        // `rmdir` removes nothing else).
+        let ours = nix::sys::stat::fstat(&self.fd).ok().map(|st| (st.st_dev, st.st_ino));
+        let there = nix::sys::stat::lstat(&self.path).ok().map(|st| (st.st_dev, st.st_ino));
+        if ours.is_some()
+            && ours == there
+            && let Err(err) = std::fs::remove_dir(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), %err, "cannot remove the private directory");
         }
     }
 }
@@ -80,20 +166,18 @@ impl Drop for TempFile {
 /// How many times placing the socket is retried when the path changes under us.
 const PLACE_ATTEMPTS: usize = 5;
 
-/// Binds a listening socket at `path` with mode 0600: bind under a temporary name in the same
-/// directory, chmod, then move it into place — with `link` (fails if the path reappeared) when
-/// the path is free, with `rename` (atomic replace) over a stale socket. A live socket or
-/// anything that is not a socket is never touched.
+/// Binds a listening socket at `path` with mode 0600, never reachable with a wider mode: bind
+/// and chmod inside a private directory created beside `path` ([`PrivateDir`]), then move it
+/// into place — with `link` (fails if the path reappeared) when the path is free, with `rename`
+/// (atomic replace) over a stale socket. A live socket or anything that is not a socket is never
+/// touched; nothing at a predictable name can block or redirect the bind.
 pub(crate) fn bind(path: &Path) -> Result<(UnixListener, FileId), Error> {
     let bind_err = |source| Error::Bind { path: path.to_owned(), source };
-    // The temporary name is short enough to bind; the final path must be too, or no client
-    // could ever connect to it.
+    // The final path must be short enough, or no client could ever connect to it.
     UnixAddr::new(path).map_err(|errno| bind_err(errno.into()))?;
-    let temp = temp_path(path);
-    let listener = UnixListener::bind(&temp).map_err(bind_err)?;
-    let mut guard = TempFile(Some(temp.clone()));
-    fs::set_permissions(&temp, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    let id = FileId::of(&fs::symlink_metadata(&temp).map_err(bind_err)?);
+    let private = PrivateDir::create(path).map_err(bind_err)?;
+    let listener = private.bind().map_err(bind_err)?;
+    let id = private.seal().map_err(bind_err)?;
 
     for _ in 0..PLACE_ATTEMPTS {
         let stale = match fs::symlink_metadata(path) {
@@ -111,11 +195,10 @@ pub(crate) fn bind(path: &Path) -> Result<(UnixListener, FileId), Error> {
         };
         if stale {
             tracing::warn!(path = %path.display(), "replacing the stale socket of a dead server");
-            fs::rename(&temp, path).map_err(bind_err)?;
-            guard.0 = None;
+            private.rename_to(path).map_err(bind_err)?;
             return Ok((listener, id));
         }
-        match fs::hard_link(&temp, path) {
+        match private.link_to(path) {
             Ok(()) => return Ok((listener, id)),
             // Someone created the path since we looked: look again.
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}

@@ -248,3 +248,49 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
 pub fn unix_millis(time: std::time::SystemTime) -> u64 {
     time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn read(bytes: &[u8]) -> (Result<(), ReadError>, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut reader = bytes;
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let result = runtime.block_on(read_frame(&mut reader, &mut buf));
+        (result, buf)
+    }
+
+    proptest! {
+        /// What the frame reader makes of any byte stream: exactly the announced payload (never
+        /// more than the limit), or a typed end — never a panic, never an allocation beyond it.
+        #[test]
+        fn any_stream_is_one_exact_frame_or_a_typed_end(
+            len in prop_oneof![0u32..64, (MAX_FRAME_LEN as u32 - 2)..(MAX_FRAME_LEN as u32 + 2), any::<u32>()],
+            body in proptest::collection::vec(any::<u8>(), 0..80),
+            cut in 0usize..4,
+        ) {
+            let mut stream = len.to_le_bytes().to_vec();
+            stream.extend_from_slice(&body);
+            let header_only = &stream[..HEADER_LEN - cut];
+            let (result, _) = read(if cut == 0 { &stream } else { header_only });
+            match result {
+                Ok(()) => {
+                    let (_, buf) = read(&stream);
+                    prop_assert_eq!(&buf[..], &body[..len as usize]);
+                }
+                Err(ReadError::Eof) => prop_assert!(cut == HEADER_LEN),
+                Err(ReadError::Truncated) => {
+                    prop_assert!(cut > 0 || len as usize > body.len());
+                }
+                Err(ReadError::TooLarge(n)) => {
+                    prop_assert_eq!(n, len as usize);
+                    prop_assert!(n > MAX_FRAME_LEN);
+                }
+                Err(ReadError::Io(err)) => prop_assert!(false, "{}", err),
+            }
+        }
+    }
+}

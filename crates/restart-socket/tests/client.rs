@@ -127,3 +127,28 @@ async fn timeouts_too_long_for_an_instant_are_no_timeouts() {
     shutdown.cancel();
     task.await.unwrap().unwrap();
 }
+
+/// The expected server uids can be narrowed: a server of our own uid is then refused too, before
+/// anything is sent (it never sees a request).
+#[tokio::test]
+async fn a_server_outside_the_expected_uids_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let server = Server::bind(&path, ServerConfig::default()).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.serve(
+        || async { Err::<u32, String>("must not be asked".to_owned()) },
+        || async { restart_socket::Status { pid: 1, generation: 1, started_at: 0, last_restart: None } },
+        shutdown.clone(),
+    ));
+    let me = nix::unistd::geteuid().as_raw();
+    let other = me.wrapping_add(4242);
+    let config = restart_socket::ClientConfig::default().server_uid(other);
+    let err = Client::connect_with(&path, &config).await.unwrap_err();
+    assert!(matches!(err, Error::UntrustedServer { uid, .. } if uid == me), "{err:?}");
+    // Our own uid, named: served.
+    let config = restart_socket::ClientConfig::default().server_uid(me);
+    assert_eq!(Client::connect_with(&path, &config).await.unwrap().status().await.unwrap().pid, 1);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

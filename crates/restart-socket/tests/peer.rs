@@ -124,3 +124,75 @@ async fn an_allow_listed_uid_is_served() {
     assert_eq!(as_nobody(&server.path, Request::Restart).await, [Response::RestartComplete { pid: 77 }]);
     server.stop().await;
 }
+
+/// A server of another user, as `nobody`: perl listening on a unix socket, printing `ready`, then
+/// for each connection the number of bytes the client sent.
+const PERL_SERVER: &str = r#"
+use IO::Socket::UNIX; use Socket;
+$| = 1;
+my $l = IO::Socket::UNIX->new(Type => SOCK_STREAM, Local => $ARGV[0], Listen => 8) or die "listen: $!\n";
+print "ready\n";
+while (my $c = $l->accept) {
+    my $all = "";
+    while (1) { my $n = $c->sysread(my $chunk, 65536); last unless $n; $all .= $chunk; }
+    print "got ", length($all), "\n";
+}
+"#;
+
+/// `perl PERL_SERVER path` as uid 65534 in `dir` (made writable for it); its stdout lines.
+struct ForeignServer {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ForeignServer {
+    async fn start(dir: &Path, socket: &Path) -> ForeignServer {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut child = tokio::process::Command::new("setpriv")
+            .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}"), "--clear-groups".to_owned()])
+            .args(["perl", "-e", PERL_SERVER])
+            .arg(socket)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn setpriv perl");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let ready = tokio::time::timeout(PATIENCE, lines.next_line()).await.expect("perl starts").unwrap();
+        assert_eq!(ready.as_deref(), Some("ready"));
+        ForeignServer { child, lines }
+    }
+
+    /// Bytes the last connection sent, once it is closed.
+    async fn received(&mut self) -> usize {
+        let line = tokio::time::timeout(PATIENCE, self.lines.next_line()).await.expect("a connection ends");
+        line.unwrap().unwrap().strip_prefix("got ").unwrap().parse().unwrap()
+    }
+}
+
+/// Anybody who can create a file where the client looks could answer in the service's name (a
+/// stale path in a shared directory, a socket planted before the service started): the client
+/// checks the server's `SO_PEERCRED` uid before sending a byte. By default it must be our own
+/// effective uid or root; a server of another user is a typed error.
+#[tokio::test]
+#[ignore = "needs root"]
+async fn a_server_of_another_user_is_refused_before_a_byte_is_sent() {
+    assert!(is_root(), "needs root (setpriv to another uid)");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("control.sock");
+    let mut server = ForeignServer::start(dir.path(), &socket).await;
+
+    let err = restart_socket::Client::connect(&socket).await.unwrap_err();
+    assert!(matches!(err, restart_socket::Error::UntrustedServer { uid: NOBODY, .. }), "{err:?}");
+    assert!(err.to_string().contains("uid 65534"), "{err}");
+    assert_eq!(server.received().await, 0, "a byte reached the foreign server");
+
+    // Expected explicitly, it is talked to (and the request reaches it).
+    let config = restart_socket::ClientConfig::default().server_uid(NOBODY);
+    let mut client = restart_socket::Client::connect_with(&socket, &config).await.unwrap();
+    client.set_timeout(std::time::Duration::from_millis(1));
+    drop(client.status().await);
+    drop(client);
+    assert!(server.received().await > 0);
+    server.child.kill().await.unwrap();
+}
