@@ -579,3 +579,21 @@ fn a_wait_too_long_for_an_instant_is_a_wait_for_ever_not_a_panic() {
     held.release().unwrap();
     waiter.join().unwrap().unwrap().release().unwrap();
 }
+
+proptest::proptest! {
+    /// The holder pid is read from a file anybody who can write the directory may have filled:
+    /// any content is a pid that reads back the same once written as the protocol writes it, or
+    /// nothing — never a panic.
+    #[test]
+    fn any_lock_file_content_is_a_pid_or_nothing(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32)) {
+        if let Some(pid) = parse_pid(&bytes) {
+            proptest::prop_assert!(pid > 0);
+            proptest::prop_assert_eq!(parse_pid(format!("{pid}\n").as_bytes()), Some(pid));
+        }
+    }
+
+    #[test]
+    fn every_pid_written_reads_back(pid in 1u32..) {
+        proptest::prop_assert_eq!(parse_pid(format!("{pid}\n").as_bytes()), Some(pid));
+    }
+}

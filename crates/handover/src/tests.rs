@@ -56,3 +56,17 @@ async fn a_killed_successor_is_reaped() {
         .unwrap();
     assert!(crate::spawn::reap_within(child.wait(), pid, PATIENCE).await);
 }
+
+proptest::proptest! {
+    /// The readiness message comes from the successor: any bytes are its pid (exactly what
+    /// `ready_message` encodes), "closed" (fewer than 5 bytes) or a protocol error — never a panic.
+    #[test]
+    fn any_readiness_bytes_are_a_pid_closed_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        match runtime.block_on(crate::spawn::read_ready(&bytes[..])) {
+            Ok(Some(pid)) => proptest::prop_assert_eq!(&crate::handover::ready_message(pid)[..], &bytes[..5]),
+            Ok(None) => proptest::prop_assert!(bytes.len() < 5),
+            Err(err) => proptest::prop_assert!(matches!(err, Error::Protocol { .. }) && bytes[0] != b'R', "{}", err),
+        }
+    }
+}
