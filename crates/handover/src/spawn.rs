@@ -119,10 +119,17 @@ async fn wait_ready(
     let mut sending = true;
     loop {
         tokio::select! {
-            // Exit first: a child that wrote its readiness and died at once is not ready.
             biased;
             status = child.wait() => {
                 let status = status.map_err(Error::io("wait for the new process"))?;
+                // The readiness message is the commit point: once it is written the successor
+                // serves, and on a loaded machine it may have handed over in turn and exited
+                // before we looked. A complete message still in the pipe means it was ready; only
+                // without one is the exit a failure (its pipe is closed now: no long wait).
+                if let Ok(Ok(Some(ready_pid))) = tokio::time::timeout(EXIT_GRACE, &mut read).await {
+                    tracing::warn!(pid, ?status, "the new process became ready, then exited before we looked");
+                    return Ok(ready_pid);
+                }
                 return Err(Error::Exited { pid, status: ExitReason::from_status(status) });
             }
             result = &mut read => return match result? {

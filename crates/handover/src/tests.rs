@@ -70,3 +70,46 @@ proptest::proptest! {
         }
     }
 }
+
+/// Once it has written its readiness message a successor is committed: it serves, and on a
+/// loaded machine it may even hand over in turn and exit before its predecessor looks. Such an
+/// exit used to win over the readiness message ("new process exited with status 0 before
+/// becoming ready"): the predecessor then served on beside its successor's successors — two
+/// leaders on the same sockets, each starting restarts (found by `cargo xtask fault`'s 1000
+/// concurrent restarts). Here the predecessor's only thread is held until the successor (perl)
+/// has written its readiness and exited, so that both are there when it looks.
+#[test]
+fn a_successor_that_became_ready_and_then_exited_is_still_the_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("exited");
+    let script = r#"
+        open(my $ready, ">&=", $ENV{LIFELINE_READY_FD}) or die "ready fd: $!";
+        syswrite($ready, pack("A1 V", "R", $$)) == 5 or die "write: $!";
+        open(my $m, ">", $ARGV[0]) or die "marker: $!"; print $m $$; close $m;
+        exit 0;
+    "#;
+    let config =
+        Config::default().notify(false).executable("perl").args(["-e", script, marker.to_str().unwrap()]);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let upgrader = Handover::bare(config, Start::Fresh).unwrap().ready(()).await.unwrap();
+        let hold = async {
+            // No await in here: the runtime's thread, and with it the upgrade, waits for this.
+            let deadline = std::time::Instant::now() + PATIENCE;
+            loop {
+                let pid = std::fs::read_to_string(&marker).ok().and_then(|p| p.trim().parse::<u32>().ok());
+                let state = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok());
+                if let (Some(pid), Some(stat)) = (pid, state)
+                    && stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+                {
+                    break pid;
+                }
+                assert!(std::time::Instant::now() < deadline, "the successor did not exit");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let (result, pid) = tokio::join!(upgrader.upgrade(), hold);
+        assert_eq!(result.unwrap(), pid);
+        assert_eq!(upgrader.successor(), Some(pid));
+    });
+}
