@@ -318,6 +318,11 @@ fn restart_handler(
         let upgrader = upgrader.clone();
         let control = control.clone();
         Box::pin(async move {
+            // A request that reached us after we handed over: the successor owns the socket file
+            // now; exporting and then reclaiming it would make our exit remove the file it serves on.
+            if let Some(pid) = upgrader.successor() {
+                return Err(format!("already handed over to pid {pid}"));
+            }
             let fd = control.export().map_err(|e| e.to_string())?;
             upgrader.register("control", fd).map_err(|e| e.to_string())?;
             match upgrader.upgrade().await {
