@@ -780,6 +780,11 @@ impl Suite {
         ensure!(server.answer()?.0 == server.pid, "the old process no longer answers");
         let out = self.lifeline(&["restart", "--socket", &server.control()])?;
         ensure!(out.status.success(), "the next restart failed: {}", String::from_utf8_lossy(&out.stderr));
+        // The new process is nobody's child here: stop it, or it outlives the suite.
+        let new: u32 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        let _guard = KillOnDrop(vec![new]);
+        kill(Pid::from_raw(new as i32), Signal::SIGTERM)?;
+        wait_until("the new process to stop", || !alive(new))?;
         Ok(Ok(reason))
     }
 
