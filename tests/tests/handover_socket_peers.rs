@@ -36,8 +36,18 @@ fn start(as_nobody: bool, args: &[&std::ffi::OsStr]) -> (Child, String) {
     (child, line)
 }
 
+/// A process killed (and reaped) when dropped, also when an assertion fails first.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running fixture with a handover socket in `dir` that other users may connect to.
-fn running(dir: &Path, as_nobody: bool) -> Child {
+fn running(dir: &Path, as_nobody: bool) -> Killed {
     let socket = dir.join("handover");
     let (child, ready) = start(
         as_nobody,
@@ -46,17 +56,18 @@ fn running(dir: &Path, as_nobody: bool) -> Child {
     assert!(ready.starts_with("ready "), "the running process did not start: {ready:?}");
     wait_for("the handover socket", || socket.exists().then_some(()));
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    child
+    Killed(child)
 }
 
 /// A successor started with `--from-socket`: it must fail; its exit code and stderr.
 fn refused_successor(dir: &Path, as_nobody: bool) -> (Option<i32>, String) {
     let socket = dir.join("handover");
-    let (mut child, line) = start(as_nobody, &["--from-socket".as_ref(), socket.as_os_str()]);
+    let (child, line) = start(as_nobody, &["--from-socket".as_ref(), socket.as_os_str()]);
+    let mut child = Killed(child);
     assert!(!line.starts_with("ready "), "a successor of another user took over: {line}");
-    let out = child.wait().unwrap();
+    let out = child.0.wait().unwrap();
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
     (out.code(), stderr)
 }
 
@@ -73,13 +84,10 @@ fn a_successor_of_another_user_gets_nothing() {
     let cut_off = stderr.contains("the handover request") || stderr.contains("the handover offer");
     assert!(cut_off && !stderr.contains("ermission denied"), "{stderr}");
     // The running process is untouched: still there, and a successor of its own user takes over.
-    assert!(server.try_wait().unwrap().is_none(), "the running process exited");
-    let (mut own, ready) = start(false, &["--from-socket".as_ref(), dir.path().join("handover").as_os_str()]);
+    assert!(server.0.try_wait().unwrap().is_none(), "the running process exited");
+    let (own, ready) = start(false, &["--from-socket".as_ref(), dir.path().join("handover").as_os_str()]);
+    let _own = Killed(own);
     assert!(ready.starts_with("ready "), "{ready}");
-    let _ = own.kill();
-    let _ = own.wait();
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 #[test]
@@ -92,7 +100,5 @@ fn a_running_process_of_another_user_is_not_taken_over_from() {
     let (code, stderr) = refused_successor(dir.path(), false);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("runs as uid 65534"), "{stderr}");
-    assert!(server.try_wait().unwrap().is_none(), "the running process exited");
-    let _ = server.kill();
-    let _ = server.wait();
+    assert!(server.0.try_wait().unwrap().is_none(), "the running process exited");
 }
