@@ -337,7 +337,7 @@ fn export_keeps_the_lock_and_the_file_and_adopt_takes_them_back() {
         assert!(matches!(err, Error::HeldElsewhere { .. }), "{err:?}");
         // Cleared as a handing-over parent would in its child: adopt sets it again.
         nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
-        let adopted = DirLock::adopt(fd, dir.path(), &options).unwrap();
+        let adopted = DirLock::adopt(fd, dir.path(), &options).unwrap().commit();
         let flags = nix::fcntl::fcntl(adopted.as_fd(), FcntlArg::F_GETFD).unwrap();
         assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
         assert_eq!(adopted.path(), lock_file(dir.path()));
@@ -564,4 +564,23 @@ fn a_waiter_follows_the_lock_file_when_it_is_replaced_and_names_the_new_holder()
     }
     // Its file is gone already: do not let it unlink the second one.
     drop(first.export());
+}
+
+#[test]
+fn an_adopted_lock_dropped_before_commit_leaves_the_file_and_the_lock_to_the_predecessor() {
+    for options in both_primitives() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DirLock::acquire_with(dir.path(), &options).unwrap();
+        let inherited: OwnedFd = held.as_fd().try_clone_to_owned().unwrap();
+        let adopted = DirLock::adopt(inherited, dir.path(), &options).unwrap();
+        assert_eq!(adopted.path(), lock_file(dir.path()));
+        // The successor fails before committing: its drop must not unlink or unlock anything.
+        drop(adopted);
+        assert!(lock_file(dir.path()).exists(), "a failed successor unlinked the lock file");
+        assert_eq!(fs::read_to_string(lock_file(dir.path())).unwrap(), format!("{}\n", std::process::id()));
+        let err = DirLock::acquire_with(dir.path(), &options).unwrap_err();
+        assert!(matches!(err, Error::HeldElsewhere { .. }), "{err:?}");
+        held.release().unwrap();
+        assert!(!lock_file(dir.path()).exists());
+    }
 }

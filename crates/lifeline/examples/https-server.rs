@@ -191,6 +191,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let upgrader =
         handover.ready(Lifecycle { shared: shared.clone() }).await.context("cannot signal readiness")?;
     let lock = lock.into_ours(&args.state_dir)?;
+    if let Some(server) = &control {
+        server.listener().claim();
+    }
     let listener = {
         listener.set_nonblocking(true)?;
         TcpListener::from_std(listener)?
@@ -287,7 +290,7 @@ impl StateLock {
     fn into_ours(self, dir: &std::path::Path) -> anyhow::Result<DirLock> {
         Ok(match self {
             StateLock::Held(lock) => lock,
-            StateLock::Inherited(fd) => DirLock::adopt(fd, dir, &LockOptions::new())?,
+            StateLock::Inherited(fd) => DirLock::adopt(fd, dir, &LockOptions::new())?.commit(),
         })
     }
 
