@@ -434,6 +434,34 @@ fn concurrent_restart_requests_get_restart_already_in_progress() {
     assert!(server.get().starts_with(&format!("pid={pid} ")));
 }
 
+#[test]
+fn stopping_during_a_handover_kills_the_successor_and_its_children() {
+    let mut server = Server::start(|_, cmd| {
+        cmd.args(["--ready-timeout-ms", "60000"]);
+    });
+    server.set_mode("hang");
+    let restart = std::thread::spawn({
+        let control_path = server.path("control");
+        move || control(&control_path, "restart")
+    });
+    // The successor and its grandchild run, and will not be ready within the test.
+    wait_for("the successor to start", || server.path("mode.pids").exists().then_some(()));
+    let record = std::fs::read_to_string(server.path("mode.pids")).unwrap();
+    let child: u32 = field(&record, "child").parse().unwrap();
+    let grandchild: u32 = field(&record, "grandchild").parse().unwrap();
+    assert!(!is_dead(child) && !is_dead(grandchild));
+
+    kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(restart.join().unwrap(), "err restart aborted: the service is stopping");
+    server.stdout.wait(&format!("stopping pid={}", server.pid));
+    server.stdout.wait(&format!("exit pid={}", server.pid));
+    let status = server.first.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Reaped by the stopping process before it answered: nothing of the handover is left.
+    assert!(is_dead(child), "the successor {child} outlived the stop");
+    wait_for("the grandchild to be killed", || is_dead(grandchild).then_some(()));
+}
+
 /// A port that was free a moment ago (bind port 0, close).
 fn free_port(udp: bool) -> u16 {
     if udp {

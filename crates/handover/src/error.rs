@@ -112,6 +112,22 @@ pub enum Error {
     #[error("restart already in progress")]
     InProgress,
 
+    /// The upgrade was aborted because this process is stopping ([`Upgrader::stop_upgrades`]);
+    /// the new process was killed.
+    ///
+    /// [`Upgrader::stop_upgrades`]: crate::Upgrader::stop_upgrades
+    #[error("restart aborted: the service is stopping")]
+    Aborted {
+        /// The new process's pid.
+        pid: u32,
+    },
+
+    /// This process is stopping ([`Upgrader::stop_upgrades`]); it starts no new process.
+    ///
+    /// [`Upgrader::stop_upgrades`]: crate::Upgrader::stop_upgrades
+    #[error("the service is stopping")]
+    Stopping,
+
     /// This process already handed over to a successor and is draining.
     #[error("already handed over to pid {pid}")]
     AlreadyUpgraded {

@@ -281,8 +281,13 @@ impl Upgrader {
                 }
             }
         };
-        tokio::time::timeout_at(deadline, wait)
-            .await
-            .unwrap_or(Err(Error::NotReady { pid: peer, timeout: self.shared.config.ready_timeout }))
+        tokio::select! {
+            biased;
+            waited = tokio::time::timeout_at(deadline, wait) => {
+                waited.unwrap_or(Err(Error::NotReady { pid: peer, timeout: self.shared.config.ready_timeout }))
+            }
+            // An independent successor is not our child: it is told (the connection closes), not killed.
+            () = self.shared.stopping.cancelled() => Err(Error::Aborted { pid: peer }),
+        }
     }
 }

@@ -43,9 +43,15 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     let outcome = match (pipe::Sender::from_owned_fd(state_tx), pipe::Receiver::from_owned_fd(ready_rx)) {
         (Ok(tx), Ok(rx)) => {
             let writer = StateWriter::new(tx, shared.config.state_limit);
-            tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle))
-                .await
-                .unwrap_or(Err(Error::NotReady { pid, timeout: shared.config.ready_timeout }))
+            let waiting = tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle));
+            tokio::select! {
+                // A readiness message that arrived together with the stop wins: it was a commit.
+                biased;
+                waited = waiting => {
+                    waited.unwrap_or(Err(Error::NotReady { pid, timeout: shared.config.ready_timeout }))
+                }
+                () = shared.stopping.cancelled() => Err(Error::Aborted { pid }),
+            }
         }
         (Err(source), _) | (_, Err(source)) => Err(Error::Io { op: "register the handover pipes", source }),
     };

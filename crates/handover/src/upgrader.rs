@@ -21,6 +21,9 @@ pub(crate) struct Shared {
     lifecycle: tokio::sync::Mutex<Box<dyn DynLifecycle>>,
     successor: OnceLock<u32>,
     upgraded: CancellationToken,
+    /// Cancelled by [`Upgrader::stop_upgrades`]: no upgrade starts any more, and the one in
+    /// flight is aborted.
+    pub(crate) stopping: CancellationToken,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Upgrader {
                 lifecycle: tokio::sync::Mutex::new(Box::new(lifecycle)),
                 successor: OnceLock::new(),
                 upgraded: CancellationToken::new(),
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -72,13 +76,15 @@ impl Upgrader {
     /// descriptors, sends it the state, and waits until it calls `ready()`; returns its pid.
     ///
     /// On success this process is no longer the main one: [`Upgrader::upgraded`] is cancelled,
-    /// `MAINPID=<new pid>` goes to the service manager and the pid file names the new process.
+    /// `MAINPID=<new pid>` goes to the service manager and the new process moves the pid file
+    /// (its own, prepared before it said it was ready) into place.
     /// Stop accepting and drain. On failure the new process and its process group are killed
     /// and reaped, [`LifecycleHandler::new_process_failed`] runs, and this process serves on as
     /// before: [`Error::Exited`], [`Error::NotReady`], [`Error::ClosedWithoutReady`],
-    /// [`Error::SendState`], [`Error::Spawn`]. One upgrade runs at a time: a concurrent call
-    /// fails at once with [`Error::InProgress`], and any call after a success with
-    /// [`Error::AlreadyUpgraded`].
+    /// [`Error::SendState`], [`Error::Spawn`], [`Error::Aborted`]. One upgrade runs at a time: a
+    /// concurrent call fails at once with [`Error::InProgress`], any call after a success with
+    /// [`Error::AlreadyUpgraded`], and any call after [`Upgrader::stop_upgrades`] with
+    /// [`Error::Stopping`].
     ///
     /// The error's `Display` is the reason to report (`RestartFailed { reason }`).
     pub async fn upgrade(&self) -> Result<u32, Error> {
@@ -92,12 +98,33 @@ impl Upgrader {
         if let Some(pid) = self.successor() {
             return Err(Error::AlreadyUpgraded { pid });
         }
+        if self.shared.stopping.is_cancelled() {
+            return Err(Error::Stopping);
+        }
         let guard = self.shared.lifecycle.try_lock().map_err(|_| Error::InProgress)?;
-        // A previous holder may have succeeded between the check above and the lock.
+        // A previous holder may have succeeded (or a stop begun) between the checks and the lock.
         if let Some(pid) = self.successor() {
             return Err(Error::AlreadyUpgraded { pid });
         }
+        if self.shared.stopping.is_cancelled() {
+            return Err(Error::Stopping);
+        }
         Ok(guard)
+    }
+
+    /// For a process that is stopping rather than handing over: refuses upgrades from now on
+    /// ([`Error::Stopping`]) and aborts the one in flight — its new process is killed with its
+    /// process group and reaped, and its `upgrade()` returns [`Error::Aborted`]. Returns once no
+    /// upgrade runs any more, with the successor's pid if one had already taken over (the
+    /// commit came first: this process has handed over and must drain, not stop the service).
+    ///
+    /// Without this, a process told to stop in the middle of a restart would exit and leave the
+    /// new process running on its own.
+    pub async fn stop_upgrades(&self) -> Option<u32> {
+        self.shared.stopping.cancel();
+        // Held for the whole of an upgrade: taking it waits for the abort to finish.
+        drop(self.shared.lifecycle.lock().await);
+        self.successor()
     }
 
     pub(crate) async fn finish(
@@ -127,11 +154,7 @@ impl Upgrader {
         {
             tracing::warn!(error = %err, "cannot tell the service manager about the new main pid");
         }
-        if let Some(path) = &self.shared.config.pid_file
-            && let Err(err) = crate::pidfile::write(path, pid)
-        {
-            tracing::warn!(error = %err, "cannot update the pid file");
-        }
+        // The pid file is the successor's now: it moves its own into place after telling us.
         // The successor holds its own copies now; ours would only keep sockets open.
         self.shared.registry().clear();
         self.shared.upgraded.cancel();
