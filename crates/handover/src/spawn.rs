@@ -43,7 +43,8 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     let outcome = match (pipe::Sender::from_owned_fd(state_tx), pipe::Receiver::from_owned_fd(ready_rx)) {
         (Ok(tx), Ok(rx)) => {
             let writer = StateWriter::new(tx, shared.config.state_limit);
-            let waiting = tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle));
+            let waiting =
+                tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle));
             tokio::select! {
                 // A readiness message that arrived together with the stop wins: it was a commit.
                 biased;

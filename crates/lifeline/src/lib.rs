@@ -38,3 +38,7 @@ pub use handover;
 #[cfg_attr(docsrs, doc(cfg(feature = "keepalive")))]
 #[doc(inline)]
 pub use keepalive;
+
+#[cfg(feature = "service")]
+#[cfg_attr(docsrs, doc(cfg(feature = "service")))]
+pub mod service;

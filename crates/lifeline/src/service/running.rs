@@ -1,0 +1,461 @@
+//! [`Running`]: a ready service — restarts, stops, and the drain that ends it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use dirlock::DirLock;
+use handover::{Drained, Upgrader};
+use restart_socket::{ListenerHandle, Status};
+use tokio::signal::unix::SignalKind;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::Error;
+use super::builder::CONTROL_FD;
+use super::connection::Connections;
+use super::listeners::SocketFile;
+
+/// How long the control server may take to answer what it accepted before it stopped.
+const CONTROL_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a service stopped serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stop {
+    /// A successor took over; this process drains and exits 0.
+    HandedOver {
+        /// The successor's pid.
+        pid: u32,
+    },
+    /// One of the stop signals arrived.
+    Signal(SignalKind),
+    /// [`Running::stop`] was called.
+    Requested,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::HandedOver { pid } => write!(f, "handed over to pid {pid}"),
+            Stop::Signal(signal) => write!(f, "stopped by signal {}", signal_name(*signal)),
+            Stop::Requested => f.write_str("stopped on request"),
+        }
+    }
+}
+
+fn signal_name(signal: SignalKind) -> String {
+    match nix::sys::signal::Signal::try_from(signal.as_raw_value()) {
+        Ok(sig) => sig.as_str().to_owned(),
+        Err(_) => signal.as_raw_value().to_string(),
+    }
+}
+
+/// How a service ended: why, and whether the drain finished in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Finished {
+    /// Why it stopped serving.
+    pub reason: Stop,
+    /// Whether every tracked connection finished within the drain timeout.
+    pub drained: Drained,
+}
+
+impl Finished {
+    /// Whether a successor took over.
+    pub fn handed_over(&self) -> bool {
+        matches!(self.reason, Stop::HandedOver { .. })
+    }
+}
+
+/// Drain settings carried from the builder.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) drain_timeout: Duration,
+    pub(crate) drain_deadline: Option<Duration>,
+    pub(crate) quiet: Duration,
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) restart_signals: Vec<SignalKind>,
+}
+
+/// What [`Starting::ready`](super::Starting::ready) hands over.
+pub(crate) struct Parts {
+    pub(crate) upgrader: Upgrader,
+    pub(crate) settings: Settings,
+    pub(crate) generation: u64,
+    pub(crate) predecessor: Option<u32>,
+    pub(crate) lock: Option<DirLock>,
+    pub(crate) socket_files: Vec<SocketFile>,
+    pub(crate) control: Option<restart_socket::Server>,
+    pub(crate) control_path: Option<PathBuf>,
+    #[cfg(feature = "tls")]
+    pub(crate) certificates: Option<certwatch::CertWatcher>,
+    pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
+    pub(crate) notify: Option<std::os::unix::net::UnixDatagram>,
+}
+
+struct Inner {
+    upgrader: Upgrader,
+    settings: Settings,
+    generation: u64,
+    predecessor: Option<u32>,
+    started_at: u64,
+    /// Cancelled when a stop (not a handover) was decided.
+    stop: CancellationToken,
+    stop_reason: Mutex<Option<Stop>>,
+    stop_requested: AtomicBool,
+    /// Cancelled when the drain begins.
+    draining: CancellationToken,
+    /// The control server stops accepting: at the handover (before the restart is answered) or
+    /// at a stop.
+    control_stop: CancellationToken,
+    connections: Connections,
+    /// The service's own tasks the drain waits for (the control server).
+    internal: TaskTracker,
+    /// One restart at a time (the control socket, the signals and [`Running::restart`]).
+    restart_lock: tokio::sync::Mutex<()>,
+    control: Option<ListenerHandle>,
+    control_path: Option<PathBuf>,
+    lock: Mutex<Option<DirLock>>,
+    socket_files: Vec<SocketFile>,
+    #[cfg(feature = "tls")]
+    certificates: Option<certwatch::CertWatcher>,
+    #[allow(dead_code)] // Kept for the service's own notifications (STATUS=, WATCHDOG=1, STOPPING=1).
+    notify: Option<std::os::unix::net::UnixDatagram>,
+}
+
+/// A ready service: its restarts, its stop, and its connections.
+///
+/// Serve until [`stopped`](Running::stopped) resolves, drop the listeners (stop accepting), then
+/// call [`drain`](Running::drain). Cheap to clone; every clone is the same service.
+#[derive(Clone)]
+pub struct Running {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("generation", &self.inner.generation)
+            .field("predecessor", &self.inner.predecessor)
+            .field("upgrader", &self.inner.upgrader)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs the stop and restart signal handlers; arrivals are queued for the running service.
+pub(crate) fn install_signals(
+    stop: &[SignalKind],
+    restart: &[SignalKind],
+) -> Result<mpsc::UnboundedReceiver<SignalKind>, Error> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for &kind in stop.iter().chain(restart) {
+        let mut signal = tokio::signal::unix::signal(kind)
+            .map_err(|source| Error::Signals { signal: kind.as_raw_value(), source })?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while signal.recv().await.is_some() {
+                if tx.send(kind).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+impl Running {
+    pub(crate) fn launch(parts: Parts) -> Running {
+        let Parts {
+            upgrader,
+            settings,
+            generation,
+            predecessor,
+            lock,
+            socket_files,
+            control,
+            control_path,
+            #[cfg(feature = "tls")]
+            certificates,
+            signals,
+            notify,
+        } = parts;
+        let draining = CancellationToken::new();
+        let connections =
+            Connections { tracker: TaskTracker::new(), draining: draining.clone(), quiet: settings.quiet };
+        let started_at = restart_socket::unix_millis(SystemTime::now());
+        let inner = Arc::new(Inner {
+            control_stop: upgrader.upgraded().child_token(),
+            upgrader,
+            settings,
+            generation,
+            predecessor,
+            started_at,
+            stop: CancellationToken::new(),
+            stop_reason: Mutex::new(None),
+            stop_requested: AtomicBool::new(false),
+            draining,
+            connections,
+            internal: TaskTracker::new(),
+            restart_lock: tokio::sync::Mutex::new(()),
+            control: control.as_ref().map(restart_socket::Server::listener),
+            control_path,
+            lock: Mutex::new(lock),
+            socket_files,
+            #[cfg(feature = "tls")]
+            certificates,
+            notify,
+        });
+        let running = Running { inner };
+        if let Some(server) = control {
+            running.serve_control(server);
+        }
+        tokio::spawn(running.clone().watch(signals));
+        running
+    }
+
+    /// The control socket: restart and status, until the handover or the stop.
+    fn serve_control(&self, server: restart_socket::Server) {
+        let restart = {
+            let running = self.clone();
+            move || {
+                let running = running.clone();
+                async move { running.restart().await.map_err(|err| err.to_string()) }
+            }
+        };
+        let status = {
+            let running = self.clone();
+            move || {
+                let inner = Arc::clone(&running.inner);
+                async move {
+                    Status {
+                        pid: std::process::id(),
+                        generation: inner.generation,
+                        started_at: inner.started_at,
+                        last_restart: (inner.generation > 1).then_some(inner.started_at),
+                    }
+                }
+            }
+        };
+        let stop = self.inner.control_stop.clone();
+        // Tracked, so that the answer to the restart that replaces us goes out before we exit.
+        self.inner.internal.spawn(async move {
+            if let Err(err) = server.serve(restart, status, stop).await {
+                tracing::error!(%err, "the control socket failed");
+            }
+        });
+    }
+
+    /// Acts on signals, and lets go of the state-directory lock the moment a successor took over.
+    async fn watch(self, mut signals: mpsc::UnboundedReceiver<SignalKind>) {
+        let upgraded = self.inner.upgrader.upgraded();
+        loop {
+            let kind = tokio::select! {
+                () = upgraded.cancelled() => {
+                    // The successor holds the lock through its own descriptor of the same open
+                    // file description: ours only keeps it held should the successor die.
+                    let lock = self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+                    if let Some(lock) = lock {
+                        drop(lock.export());
+                    }
+                    return;
+                }
+                kind = signals.recv() => match kind {
+                    Some(kind) => kind,
+                    None => return,
+                },
+            };
+            if self.inner.stop_requested.load(Ordering::SeqCst) {
+                tracing::info!(signal = %signal_name(kind), "already stopping; signal ignored");
+                continue;
+            }
+            // Installed for stop or restart only, and never both (the builder checks).
+            if self.inner.settings.restart_signals.contains(&kind) {
+                tracing::info!(signal = %signal_name(kind), "restarting");
+                let running = self.clone();
+                tokio::spawn(async move {
+                    match running.restart().await {
+                        Ok(pid) => tracing::info!(pid, "handed over"),
+                        Err(err) => tracing::warn!(%err, "restart failed"),
+                    }
+                });
+            } else {
+                tracing::info!(signal = %signal_name(kind), "stopping");
+                tokio::spawn(self.clone().request_stop(Stop::Signal(kind)));
+            }
+        }
+    }
+
+    async fn request_stop(self, reason: Stop) {
+        if self.inner.stop_requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // A restart in flight is aborted and its new process killed; if it committed first, we
+        // have handed over and drain as after any handover.
+        if let Some(pid) = self.inner.upgrader.stop_upgrades().await {
+            tracing::info!(pid, "a successor took over while stopping; draining");
+            return;
+        }
+        *self.inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.inner.control_stop.cancel();
+        self.inner.stop.cancel();
+    }
+
+    /// This process's generation (1 for a fresh start, one more at each handover).
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// The predecessor's pid, when this process took over from one.
+    pub fn predecessor(&self) -> Option<u32> {
+        self.inner.predecessor
+    }
+
+    /// The connections to drain: spawn each on them.
+    pub fn connections(&self) -> Connections {
+        self.inner.connections.clone()
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// The certificate watcher of the service's TLS (`None` without TLS).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn certificates(&self) -> Option<&certwatch::CertWatcher> {
+        self.inner.certificates.as_ref()
+    }
+
+    /// Resolves when the service must stop serving: a successor took over, or a stop was decided
+    /// (a stop signal, [`Running::stop`]). Stop accepting then (drop the listeners) and
+    /// [`drain`](Running::drain).
+    pub async fn stopped(&self) -> Stop {
+        let upgraded = self.inner.upgrader.upgraded();
+        tokio::select! {
+            biased;
+            () = upgraded.cancelled() => Stop::HandedOver { pid: self.inner.upgrader.successor().unwrap_or_default() },
+            () = self.inner.stop.cancelled() => {
+                self.inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(Stop::Requested)
+            }
+        }
+    }
+
+    /// Asks the service to stop, as a stop signal does: a restart in flight is aborted, then
+    /// [`stopped`](Running::stopped) resolves.
+    pub fn stop(&self) {
+        tokio::spawn(self.clone().request_stop(Stop::Requested));
+    }
+
+    /// Restarts the service: starts a new process of the executable (with the listeners, the
+    /// lock, the control socket and the state), waits until it is ready, and returns its pid —
+    /// after which this process must drain ([`stopped`](Running::stopped) resolves). A failed
+    /// new process changes nothing. One restart runs at a time, whoever asks (the control
+    /// socket, a restart signal, this method): the others get "restart already in progress".
+    pub async fn restart(&self) -> Result<u32, Error> {
+        let inner = &self.inner;
+        let Ok(_one_at_a_time) = inner.restart_lock.try_lock() else {
+            return Err(handover::Error::InProgress.into());
+        };
+        if let Some(pid) = inner.upgrader.successor() {
+            return Err(handover::Error::AlreadyUpgraded { pid }.into());
+        }
+        if inner.stop_requested.load(Ordering::SeqCst) {
+            return Err(handover::Error::Stopping.into());
+        }
+        let result = self.hand_over().await;
+        if result.is_err()
+            && inner.upgrader.successor().is_none()
+            && let Some(control) = &inner.control
+        {
+            // The socket file stays ours to remove, and the next attempt registers it anew.
+            control.reclaim();
+            drop(inner.upgrader.unregister(CONTROL_FD));
+        }
+        result
+    }
+
+    async fn hand_over(&self) -> Result<u32, Error> {
+        let inner = &self.inner;
+        if let Some(control) = &inner.control {
+            let path = inner.control_path.clone().unwrap_or_default();
+            let fd = control.export().map_err(|source| Error::Control { path, source })?;
+            inner.upgrader.register(CONTROL_FD, fd)?;
+        }
+        Ok(inner.upgrader.upgrade().await?)
+    }
+
+    /// Drains and lets go: marks the service draining (HTTP/1 responses carry `Connection:
+    /// close`, HTTP/2 connections get GOAWAY, quiet connections close), waits for the tracked
+    /// connections up to the drain timeout, then — after a stop — releases the state directory
+    /// and removes the lock file, the socket files and the pid file; after a handover it leaves
+    /// all of them to the successor. Call it once [`stopped`](Running::stopped) resolved and the
+    /// listeners are dropped; it waits for that itself otherwise.
+    ///
+    /// With a hard drain deadline ([`Builder::drain_deadline`](super::Builder::drain_deadline))
+    /// the process exits when it passes, whatever still runs.
+    pub async fn drain(self) -> Finished {
+        let reason = self.stopped().await;
+        let inner = &self.inner;
+        inner.draining.cancel();
+        inner.control_stop.cancel();
+        let handed_over = matches!(reason, Stop::HandedOver { .. });
+        if let Some(deadline) = inner.settings.drain_deadline {
+            arm_hard_deadline(inner.settings.drain_timeout.saturating_add(deadline), handed_over);
+        }
+        tracing::info!(%reason, connections = inner.connections.len(), "draining");
+        let drained = handover::drain(&inner.connections.tracker, inner.settings.drain_timeout).await;
+        inner.internal.close();
+        if tokio::time::timeout(CONTROL_GRACE, inner.internal.wait()).await.is_err() {
+            tracing::warn!("the control socket did not finish answering in time");
+        }
+        if !handed_over {
+            self.let_go();
+        }
+        tracing::info!(%reason, ?drained, "stopped");
+        Finished { reason, drained }
+    }
+
+    /// After a stop: the lock released (file unlinked while held), socket files and pid file
+    /// removed — each only if it is still the one this process owns.
+    fn let_go(&self) {
+        let inner = &self.inner;
+        let lock = inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(lock) = lock
+            && let Err(err) = lock.release()
+        {
+            tracing::warn!(%err, "cannot release the state directory cleanly");
+        }
+        for file in &inner.socket_files {
+            file.remove();
+        }
+        if let Some(path) = &inner.settings.pid_file {
+            let ours = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .is_some_and(|pid| pid == std::process::id());
+            if ours && let Err(err) = std::fs::remove_file(path) {
+                tracing::warn!(%err, path = %path.display(), "cannot remove the pid file");
+            }
+        }
+    }
+}
+
+/// Exits the process `after` from now if it is still running then (a stuck handler, a wedged
+/// runtime): status 0 after a handover (the successor serves), 1 after a stop.
+fn arm_hard_deadline(after: Duration, handed_over: bool) {
+    let spawned = std::thread::Builder::new().name("lifeline-drain-deadline".into()).spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("lifeline: the drain did not end within its hard deadline ({after:?}); exiting");
+        let status = i32::from(!handed_over);
+        // SAFETY: `_exit` ends the process at once without running destructors or atexit
+        // handlers, which is the point: whatever wedged the runtime may hold their locks.
+        unsafe { libc::_exit(status) }
+    });
+    if let Err(err) = spawned {
+        tracing::warn!(%err, "cannot arm the drain's hard deadline");
+    }
+}
