@@ -1,4 +1,5 @@
-//! The example HTTPS server (`crates/lifeline/examples/https-server.rs`) end to end: real
+//! The example HTTPS server (`crates/lifeline/examples/https-server.rs`, and the axum example
+//! `axum-server.rs` built on the same `lifeline::service` API) end to end: real
 //! processes driven through the `lifeline` CLI, real TLS on 127.0.0.1, real files, sockets and
 //! signals, `flock(1)` and `systemd-socket-activate` as outside peers, and `lifeline supervise`
 //! following its handovers.
@@ -6,6 +7,7 @@
 //! Build the binaries first (`cargo build -p lifeline --features cli --bins --examples`), or let
 //! `lifeline_tests::workspace_binary` build them.
 
+mod axum;
 mod certs;
 mod control;
 mod handover;

@@ -132,6 +132,8 @@ pub(crate) struct Options {
     control: bool,
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, std::ffi::OsString)>,
+    /// The program's name at the start of its start line (`https-server`, `axum-server`).
+    banner: &'static str,
 }
 
 impl Options {
@@ -143,7 +145,22 @@ impl Options {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         pki.first.write(&cert, &key);
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        Options { dir, pki, exe: https_server_bin(), cert, key, control: true, args: vec![], env: vec![] }
+        Options {
+            dir,
+            pki,
+            exe: https_server_bin(),
+            cert,
+            key,
+            control: true,
+            args: vec![],
+            env: vec![],
+            banner: "https-server",
+        }
+    }
+
+    /// The axum example (`examples/axum-server.rs`) instead: same flags, same answers.
+    pub(crate) fn axum() -> Options {
+        Options { exe: lifeline_tests::workspace_binary("examples/axum-server"), banner: "axum-server", ..Options::new() }
     }
 
     /// The test's temp dir.
@@ -261,7 +278,7 @@ impl Server {
     pub(crate) fn from_parts(options: Options, first: Child, stdout: Lines, stderr: Lines) -> Server {
         let mut server =
             Server { options, first, stdout, stderr, addr: ([0, 0, 0, 0], 0).into(), pid: 0, pids: vec![] };
-        let line = server.stdout.wait("https-server: pid=");
+        let line = server.stdout.wait(&format!("{}: pid=", server.options.banner));
         let pid: u32 = field(&line, "pid").parse().unwrap();
         assert_eq!(pid, server.first.id(), "{line}");
         assert_eq!(field(&line, "generation"), "1", "{line}");
@@ -319,7 +336,7 @@ impl Server {
     /// Records `pid` as the serving process once its start line shows it took over.
     pub(crate) fn started(&mut self, pid: u32) {
         assert!(!self.pids.contains(&pid), "pid {pid} served before: {:?}", self.pids);
-        let line = self.stdout.wait(&format!("https-server: pid={pid} "));
+        let line = self.stdout.wait(&format!("{}: pid={pid} ", self.options.banner));
         let generation: usize = field(&line, "generation").parse().unwrap();
         assert_eq!(generation, self.pids.len() + 1, "{line}");
         assert!(line.ends_with(&format!("listening on {}", self.addr)), "{line}");
