@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod https;
+pub mod lines;
 pub mod load;
 
 use std::path::PathBuf;

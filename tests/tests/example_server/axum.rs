@@ -19,22 +19,22 @@ async fn ten_restarts_of_the_axum_example_under_load_fail_no_request() {
     let new_connections = server.load(2, false);
     keep_alive.wait_for_more(20).await;
     new_connections.wait_for_more(20).await;
-    let mut served_before = server.answer().await.2;
+    let mut count_before = server.answer().await.2;
     for round in 1..=10_u64 {
         let old = server.pid;
         let new = server.restart().unwrap_or_else(|e| panic!("restart {round} failed: {e}"));
         // Fresh connections reach the new process (the old one may still answer one it had
         // accepted): one generation on, and the count carried over.
-        let (generation, served) = loop {
-            let (pid, generation, served) = server.answer().await;
+        let (generation, count) = loop {
+            let (pid, generation, count) = server.answer().await;
             if pid == new {
-                break (generation, served);
+                break (generation, count);
             }
             assert_eq!(pid, old, "answered by neither the old nor the new process");
         };
         assert_eq!(generation, round + 1);
-        assert!(served > served_before, "served went from {served_before} to {served} at round {round}");
-        served_before = served;
+        assert!(count > count_before, "served went from {count_before} to {count} at round {round}");
+        count_before = count;
         assert_eq!(server.status()["pid"], new);
         lifeline_tests::wait_for("the old process to drain and exit", || is_dead(old).then_some(()));
         keep_alive.wait_for_more(5).await;
@@ -42,8 +42,20 @@ async fn ten_restarts_of_the_axum_example_under_load_fail_no_request() {
     }
     let (kept, fresh) = (keep_alive.stop().await, new_connections.stop().await);
     let failed: Vec<String> = failures(&kept).into_iter().chain(failures(&fresh)).collect();
-    assert!(failed.is_empty(), "{} failed requests of {}: {failed:#?}", failed.len(), kept.len() + fresh.len());
-    let answering: BTreeSet<u32> =
-        fresh.iter().filter_map(|s| s.outcome.as_ref().ok().and_then(|b| parse_answer(b))).map(|a| a.0).collect();
-    assert_eq!(answering, server.pids.iter().copied().collect(), "not every generation served new connections");
+    assert!(
+        failed.is_empty(),
+        "{} failed requests of {}: {failed:#?}",
+        failed.len(),
+        kept.len() + fresh.len()
+    );
+    let answering: BTreeSet<u32> = fresh
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().ok().and_then(|b| parse_answer(b)))
+        .map(|a| a.0)
+        .collect();
+    assert_eq!(
+        answering,
+        server.pids.iter().copied().collect(),
+        "not every generation served new connections"
+    );
 }
