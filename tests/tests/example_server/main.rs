@@ -11,6 +11,7 @@ mod axum;
 mod certs;
 mod control;
 mod handover;
+mod http2;
 mod serving;
 mod supervised;
 mod support;

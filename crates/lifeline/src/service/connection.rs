@@ -27,8 +27,8 @@ pub enum Protocol {
     /// HTTP/1.x: during a drain, responses carry `Connection: close`; an idle connection is
     /// closed after the quiet period.
     Http1,
-    /// HTTP/2: drained with GOAWAY at once (the protocol tells the client which streams were
-    /// processed, so nothing races).
+    /// HTTP/2: drained with GOAWAY (the protocol tells the client which streams were processed,
+    /// so nothing races) once the connection is quiet, or after [`Connection::patience`].
     Http2,
 }
 
@@ -90,6 +90,7 @@ pub struct Connection {
     activity: Arc<Activity>,
     draining: CancellationToken,
     quiet: Duration,
+    patience: Duration,
 }
 
 impl Connection {
@@ -122,6 +123,13 @@ impl Connection {
             }
             tokio::time::sleep(self.quiet.saturating_sub(quiet_for).max(Duration::from_millis(1))).await;
         }
+    }
+
+    /// How long after the drain began a connection that never goes quiet is asked to leave
+    /// anyway (the HTTP helpers send HTTP/2 GOAWAY then): half the drain timeout, so that its
+    /// client moves to the new process well before this one exits.
+    pub fn patience(&self) -> Duration {
+        self.patience
     }
 
     /// Records what protocol the connection speaks (the HTTP helpers do this).
@@ -223,6 +231,7 @@ pub struct Connections {
     pub(crate) tracker: TaskTracker,
     pub(crate) draining: CancellationToken,
     pub(crate) quiet: Duration,
+    pub(crate) patience: Duration,
 }
 
 impl Connections {
@@ -233,6 +242,7 @@ impl Connections {
             activity: Arc::clone(&activity),
             draining: self.draining.clone(),
             quiet: self.quiet,
+            patience: self.patience,
         };
         (Tracked { inner: io, activity }, connection)
     }
@@ -295,7 +305,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn connections(quiet: Duration) -> Connections {
-        Connections { tracker: TaskTracker::new(), draining: CancellationToken::new(), quiet }
+        Connections {
+            tracker: TaskTracker::new(),
+            draining: CancellationToken::new(),
+            quiet,
+            patience: quiet * 4,
+        }
     }
 
     #[tokio::test]

@@ -4,8 +4,12 @@
 //!
 //! During a drain, HTTP/1.1 responses carry `Connection: close` and an idle keep-alive
 //! connection is closed only after the quiet period (its client may already have sent the next
-//! request); an HTTP/2 connection gets GOAWAY at once (the protocol tells the client which
-//! streams were processed) and closes when its streams are done.
+//! request). An HTTP/2 connection gets GOAWAY (graceful: the client learns which streams were
+//! processed, and the ones in flight finish) once it has been quiet for the quiet period — or,
+//! if its client keeps it busy, after [`Connection::patience`] (half the drain timeout). Not at
+//! once: a client that never retries (a benchmark such as h2load) counts every request it can no
+//! longer send on a connection that got GOAWAY as failed, and real clients lose nothing by
+//! finishing their burst on the old process.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -151,13 +155,20 @@ async fn serve_connection<I, S, B>(
         result = conn.as_mut() => return log_end(result),
         () = connection.draining() => {}
     }
-    if connection.protocol() != Protocol::Http2 {
-        // HTTP/1: the next response says `Connection: close`; an idle connection is closed
-        // only once quiet, since the client's next request may already be on the wire.
-        tokio::select! {
-            result = conn.as_mut() => return log_end(result),
-            () = connection.idle_while_draining() => {}
+    // HTTP/1: the next response says `Connection: close`; an idle connection is closed only
+    // once quiet, since the client's next request may already be on the wire. HTTP/2: GOAWAY
+    // once quiet, or when patience runs out.
+    let out_of_patience = async {
+        if connection.protocol() == Protocol::Http2 {
+            tokio::time::sleep(connection.patience()).await;
+        } else {
+            std::future::pending::<()>().await;
         }
+    };
+    tokio::select! {
+        result = conn.as_mut() => return log_end(result),
+        () = connection.idle_while_draining() => {}
+        () = out_of_patience => tracing::debug!("HTTP/2 connection still busy; sending GOAWAY"),
     }
     conn.as_mut().graceful_shutdown();
     log_end(conn.await);

@@ -183,8 +183,12 @@ impl Running {
             notify,
         } = parts;
         let draining = CancellationToken::new();
-        let connections =
-            Connections { tracker: TaskTracker::new(), draining: draining.clone(), quiet: settings.quiet };
+        let connections = Connections {
+            tracker: TaskTracker::new(),
+            draining: draining.clone(),
+            quiet: settings.quiet,
+            patience: settings.drain_timeout / 2,
+        };
         let started_at = restart_socket::unix_millis(SystemTime::now());
         let inner = Arc::new(Inner {
             control_stop: upgrader.upgraded().child_token(),
