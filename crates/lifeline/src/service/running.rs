@@ -336,14 +336,18 @@ impl Running {
 
     /// Resolves when the service must stop serving: a successor took over, or a stop was decided
     /// (a stop signal, [`Running::stop`]). Stop accepting then (drop the listeners) and
-    /// [`drain`](Running::drain).
-    pub async fn stopped(&self) -> Stop {
-        let upgraded = self.inner.upgrader.upgraded();
-        tokio::select! {
-            biased;
-            () = upgraded.cancelled() => Stop::HandedOver { pid: self.inner.upgrader.successor().unwrap_or_default() },
-            () = self.inner.stop.cancelled() => {
-                self.inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(Stop::Requested)
+    /// [`drain`](Running::drain). The future borrows nothing: keep it pinned across an accept
+    /// loop.
+    pub fn stopped(&self) -> impl std::future::Future<Output = Stop> + Send + 'static {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let upgraded = inner.upgrader.upgraded();
+            tokio::select! {
+                biased;
+                () = upgraded.cancelled() => Stop::HandedOver { pid: inner.upgrader.successor().unwrap_or_default() },
+                () = inner.stop.cancelled() => {
+                    inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(Stop::Requested)
+                }
             }
         }
     }
