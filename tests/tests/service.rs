@@ -149,6 +149,19 @@ fn failures(samples: &[Sample]) -> Vec<String> {
     samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
 }
 
+/// The next datagram on the fake service manager's socket that starts with `prefix` (status
+/// refreshes and the notifications of failed reloads in between are skipped).
+fn wait_notification(socket: &UnixDatagram, prefix: &str) -> String {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = socket.recv(&mut buf).unwrap();
+        let msg = std::str::from_utf8(&buf[..n]).unwrap().trim_end().to_owned();
+        if msg.starts_with(prefix) {
+            return msg;
+        }
+    }
+}
+
 /// A way to make the next successor fail, and how to undo it.
 struct Fault {
     step: &'static str,
@@ -178,9 +191,7 @@ async fn a_successor_failing_at_any_step_of_its_start_leaves_the_old_process_ser
         cmd.arg("--pid-file").arg(dir.join("run/service.pid"));
         cmd.env("NOTIFY_SOCKET", &notify_path);
     });
-    let mut buf = [0u8; 256];
-    let n = manager.recv(&mut buf).unwrap();
-    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim_end(), "READY=1");
+    assert_eq!(wait_notification(&manager, "READY=1"), "READY=1");
     let (lock, control, pid_file) =
         (fixture.path("state/.lifeline.lock"), fixture.path("control"), fixture.path("run/service.pid"));
     let control_inode = std::fs::metadata(&control).unwrap().ino();
@@ -249,8 +260,7 @@ async fn a_successor_failing_at_any_step_of_its_start_leaves_the_old_process_ser
     // Everything in place: the next successor takes over, and owns it all.
     fixture.set_mode("ok");
     let new = fixture.restart().await.expect("a good successor takes over");
-    let n = manager.recv(&mut buf).unwrap();
-    assert_eq!(std::str::from_utf8(&buf[..n]).unwrap().trim_end(), format!("MAINPID={new}"));
+    assert_eq!(wait_notification(&manager, "MAINPID="), format!("MAINPID={new}\nREADY=1"));
     wait_for("the old process to exit", || is_dead(old).then_some(()));
     assert_eq!(fixture.answered_by(), new);
     assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), new.to_string());

@@ -220,6 +220,7 @@ impl Upgrader {
             }
         };
         tracing::info!(peer, "handing over to a connected successor");
+        self.announce_reload();
         let result = self.offer_and_wait(stream, peer, deadline, &mut **lifecycle).await;
         self.finish(result, &mut **lifecycle).await
     }

@@ -4,6 +4,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +90,7 @@ impl Upgrader {
     /// The error's `Display` is the reason to report (`RestartFailed { reason }`).
     pub async fn upgrade(&self) -> Result<u32, Error> {
         let mut lifecycle = self.begin()?;
+        self.announce_reload();
         let result = crate::spawn::spawn_successor(&self.shared, &mut **lifecycle).await;
         self.finish(result, &mut **lifecycle).await
     }
@@ -127,6 +129,17 @@ impl Upgrader {
         self.successor()
     }
 
+    /// Tells the service manager an upgrade runs (`RELOADING=1`), for as long as a successor may
+    /// take to become ready.
+    pub(crate) fn announce_reload(&self) {
+        if self.shared.config.notify {
+            let may_take = self.shared.config.ready_timeout.saturating_add(Duration::from_secs(10));
+            if let Err(err) = notify::reloading(may_take) {
+                tracing::warn!(error = %err, "cannot tell the service manager an upgrade runs");
+            }
+        }
+    }
+
     pub(crate) async fn finish(
         &self,
         result: Result<u32, Error>,
@@ -139,6 +152,11 @@ impl Upgrader {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "upgrade failed; this process keeps serving");
+                if self.shared.config.notify
+                    && let Err(err) = notify::still_ready()
+                {
+                    tracing::warn!(error = %err, "cannot tell the service manager the upgrade is over");
+                }
                 lifecycle.new_process_failed().await;
                 Err(err)
             }
@@ -150,7 +168,7 @@ impl Upgrader {
         let _ = self.shared.successor.set(pid);
         tracing::info!(pid, "handed over; draining");
         if self.shared.config.notify
-            && let Err(err) = notify::main_pid(pid)
+            && let Err(err) = notify::handed_over(pid)
         {
             tracing::warn!(error = %err, "cannot tell the service manager about the new main pid");
         }

@@ -229,6 +229,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
 #[derive(Debug, Clone)]
 pub struct Connections {
     pub(crate) tracker: TaskTracker,
+    /// Connections tracked since the service started.
+    pub(crate) accepted: Arc<AtomicU64>,
     pub(crate) draining: CancellationToken,
     pub(crate) quiet: Duration,
     pub(crate) patience: Duration,
@@ -237,6 +239,7 @@ pub struct Connections {
 impl Connections {
     /// Wraps `io` to record its activity, and returns the connection's view of the drain.
     pub fn track<T>(&self, io: T) -> (Tracked<T>, Connection) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         let activity = Arc::new(Activity::new());
         let connection = Connection {
             activity: Arc::clone(&activity),
@@ -288,6 +291,11 @@ impl Connections {
         self.tracker.spawn(task);
     }
 
+    /// How many connections were tracked since the service started.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
     /// How many tracked tasks are running.
     pub fn len(&self) -> usize {
         self.tracker.len()
@@ -307,6 +315,7 @@ mod tests {
     fn connections(quiet: Duration) -> Connections {
         Connections {
             tracker: TaskTracker::new(),
+            accepted: Arc::default(),
             draining: CancellationToken::new(),
             quiet,
             patience: quiet * 4,

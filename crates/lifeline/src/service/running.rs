@@ -13,13 +13,18 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Error;
 use super::builder::CONTROL_FD;
 use super::connection::Connections;
 use super::listeners::SocketFile;
+use super::{Error, notify};
 
 /// How long the control server may take to answer what it accepted before it stopped.
 const CONTROL_GRACE: Duration = Duration::from_secs(5);
+/// How often `STATUS=` is refreshed for the service manager (when there is one).
+const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The application's part of `STATUS=`.
+type StatusText = Box<dyn Fn() -> String + Send + Sync>;
 
 /// Why a service stopped serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +98,6 @@ pub(crate) struct Parts {
     #[cfg(feature = "tls")]
     pub(crate) certificates: Option<certwatch::CertWatcher>,
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
-    pub(crate) notify: Option<std::os::unix::net::UnixDatagram>,
 }
 
 struct Inner {
@@ -122,8 +126,8 @@ struct Inner {
     socket_files: Vec<SocketFile>,
     #[cfg(feature = "tls")]
     certificates: Option<certwatch::CertWatcher>,
-    #[allow(dead_code)] // Kept for the service's own notifications (STATUS=, WATCHDOG=1, STOPPING=1).
-    notify: Option<std::os::unix::net::UnixDatagram>,
+    /// The application's part of `STATUS=` ([`Running::set_status`]).
+    status_text: Mutex<Option<StatusText>>,
 }
 
 /// A ready service: its restarts, its stop, and its connections.
@@ -180,11 +184,11 @@ impl Running {
             #[cfg(feature = "tls")]
             certificates,
             signals,
-            notify,
         } = parts;
         let draining = CancellationToken::new();
         let connections = Connections {
             tracker: TaskTracker::new(),
+            accepted: Arc::default(),
             draining: draining.clone(),
             quiet: settings.quiet,
             patience: settings.drain_timeout / 2,
@@ -210,14 +214,59 @@ impl Running {
             socket_files,
             #[cfg(feature = "tls")]
             certificates,
-            notify,
+            status_text: Mutex::new(None),
         });
         let running = Running { inner };
         if let Some(server) = control {
             running.serve_control(server);
         }
         tokio::spawn(running.clone().watch(signals));
+        tokio::spawn(running.clone().report());
         running
+    }
+
+    /// `STATUS=` every few seconds and `WATCHDOG=1` at half of `WATCHDOG_USEC`, from the runtime
+    /// itself (a wedged runtime stops pinging, which is the point), until the service stops
+    /// serving. Nothing runs without a service manager.
+    async fn report(self) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        // WATCHDOG_PID names this process, or is unset (a successor is started without it).
+        let watchdog = sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero());
+        let period = watchdog.map_or(STATUS_INTERVAL, |interval| (interval / 2).min(STATUS_INTERVAL));
+        let stopped = self.stopped();
+        tokio::pin!(stopped);
+        loop {
+            let text = self.status_line("serving");
+            let mut states = vec![sd_notify::NotifyState::Status(&text)];
+            if watchdog.is_some() {
+                states.push(sd_notify::NotifyState::Watchdog);
+            }
+            notify::send(&states);
+            tokio::select! {
+                _ = &mut stopped => return,
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+    }
+
+    /// `<what>: generation N, M connections[, the application's text]`.
+    fn status_line(&self, what: &str) -> String {
+        let inner = &self.inner;
+        let mut line =
+            format!("{what}: generation {}, {} connections", inner.generation, inner.connections.accepted());
+        if let Some(text) = inner.status_text.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            line.push_str(", ");
+            line.push_str(&text());
+        }
+        line
+    }
+
+    /// Adds the application's own words to the `STATUS=` line the service manager shows
+    /// (`systemctl status`): `text` is called each time the line is sent, every few seconds.
+    pub fn set_status(&self, text: impl Fn() -> String + Send + Sync + 'static) {
+        *self.inner.status_text.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(text));
     }
 
     /// The control socket: restart and status, until the handover or the stop.
@@ -303,6 +352,8 @@ impl Running {
             return;
         }
         *self.inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        let text = self.status_line(&format!("stopping ({reason})"));
+        notify::send(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status(&text)]);
         self.inner.control_stop.cancel();
         self.inner.stop.cancel();
     }
@@ -411,8 +462,16 @@ impl Running {
         inner.draining.cancel();
         inner.control_stop.cancel();
         let handed_over = matches!(reason, Stop::HandedOver { .. });
-        if let Some(deadline) = inner.settings.drain_deadline {
-            arm_hard_deadline(inner.settings.drain_timeout.saturating_add(deadline), handed_over);
+        let hard_deadline =
+            inner.settings.drain_deadline.map(|d| inner.settings.drain_timeout.saturating_add(d));
+        if let Some(after) = hard_deadline {
+            arm_hard_deadline(after, handed_over);
+        }
+        if !handed_over {
+            // Still the main process: the stop may take the whole drain.
+            let may_take =
+                hard_deadline.unwrap_or(inner.settings.drain_timeout).saturating_add(CONTROL_GRACE);
+            notify::send(&[notify::extend_timeout(may_take)]);
         }
         tracing::info!(%reason, connections = inner.connections.len(), "draining");
         let drained = handover::drain(&inner.connections.tracker, inner.settings.drain_timeout).await;

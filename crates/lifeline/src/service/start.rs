@@ -84,7 +84,6 @@ pub struct Starting<S: ServiceState> {
     state: Option<S>,
     generation: u64,
     signals: mpsc::UnboundedReceiver<SignalKind>,
-    notify: Option<std::os::unix::net::UnixDatagram>,
 }
 
 impl<S: ServiceState> Starting<S> {
@@ -178,7 +177,9 @@ impl<S: ServiceState> Starting<S> {
 
         // 9. The service manager's notify socket, when there is one to talk to.
         step("notify")?;
-        let notify = if builder.handover.notify { notify::connect()? } else { None };
+        if builder.handover.notify {
+            notify::check()?;
+        }
 
         let settings = Settings {
             drain_timeout: builder.drain_timeout,
@@ -202,7 +203,6 @@ impl<S: ServiceState> Starting<S> {
             state,
             generation,
             signals,
-            notify,
         })
     }
 
@@ -308,7 +308,6 @@ impl<S: ServiceState> Starting<S> {
             state: _,
             generation,
             signals,
-            notify,
         } = self;
         let predecessor = handover.predecessor();
         fault::check("commit", predecessor.is_some())?;
@@ -334,7 +333,6 @@ impl<S: ServiceState> Starting<S> {
             #[cfg(feature = "tls")]
             certificates: tls.map(|tls| tls.watcher),
             signals,
-            notify,
         }))
     }
 }
