@@ -338,3 +338,138 @@ async fn unix_and_udp_listeners_pass_to_the_successor_and_only_a_stop_removes_th
     wait_for("the last process to exit", || is_dead(fixture.pid).then_some(()));
     assert!(!plain.exists(), "a stop leaves the unix socket file behind");
 }
+
+/// One message on the fake service manager's socket, with the descriptors it carried.
+fn recv_with_fds(socket: &UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let mut buf = [0u8; 4096];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 16]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg =
+        recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC).unwrap();
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel installed these descriptors for this message; nothing else owns them.
+            fds.extend(raw.into_iter().map(|r| unsafe { std::os::fd::OwnedFd::from_raw_fd(r) }));
+        }
+    }
+    let len = msg.bytes;
+    (String::from_utf8_lossy(&buf[..len]).into_owned(), fds)
+}
+
+/// Starts the fixture as systemd would with a non-empty fd store: `fds` at 3, 4, ... under
+/// `names`, `LISTEN_PID` set to the new process's own pid (by a shell that then execs it).
+fn start_with_fd_store(dir: &Path, notify: &Path, fds: &[&std::os::fd::OwnedFd], names: &str) -> Child {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    // Copies far above 3 + fds.len() first, so that moving one into place never overwrites another.
+    let high: Vec<std::os::fd::OwnedFd> = fds
+        .iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(*fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).map(|raw| {
+                // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor; nothing else owns it.
+                unsafe { std::os::fd::FromRawFd::from_raw_fd(raw) }
+            })
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let raw: Vec<i32> = high.iter().map(|fd| fd.as_raw_fd()).collect();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", FIXTURE]);
+    cmd.arg("--state-dir").arg(dir.join("state"));
+    cmd.arg("--control").arg(dir.join("control"));
+    cmd.arg("--cert").arg(dir.join("cert.pem"));
+    cmd.arg("--key").arg(dir.join("key.pem"));
+    cmd.arg("--mode-file").arg(dir.join("mode"));
+    cmd.arg("--fd-store");
+    cmd.env("NOTIFY_SOCKET", notify).env("LISTEN_FDS", fds.len().to_string()).env("LISTEN_FDNAMES", names);
+    cmd.env("RUST_LOG", "info").env_remove("LIFELINE_FAIL_AT");
+    // SAFETY: only dup2(2) between fork and exec (async-signal-safe, no allocation): the stored
+    // descriptors land on 3, 4, ... without FD_CLOEXEC, as systemd passes them. The numbers were
+    // collected before the fork, all at 100 or above, so no dup2 overwrites a later source.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, fd) in raw.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(high);
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fd_store_keeps_the_listener_and_the_state_across_a_stop_and_start() {
+    let notify_dir = tempfile::tempdir().unwrap();
+    let notify_path = notify_dir.path().join("notify");
+    let manager = UnixDatagram::bind(&notify_path).unwrap();
+    manager.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut fixture = Fixture::start(|_, cmd| {
+        cmd.arg("--fd-store").env("NOTIFY_SOCKET", &notify_path);
+    });
+    // READY=1, then the listener into the store under its name (never the lock, never the
+    // control socket).
+    let mut stored = Vec::new();
+    loop {
+        let (msg, fds) = recv_with_fds(&manager);
+        if msg.starts_with("FDSTORE=1") {
+            assert_eq!(msg, "FDSTORE=1\nFDNAME=https\n");
+            stored.extend(fds);
+            break;
+        }
+    }
+    for _ in 0..5 {
+        fixture.answered_by();
+    }
+    kill(Pid::from_raw(fixture.pid as i32), Signal::SIGTERM).unwrap();
+    let state = loop {
+        let (msg, mut fds) = recv_with_fds(&manager);
+        if msg.starts_with("FDSTORE=1") {
+            assert_eq!(msg, "FDSTORE=1\nFDNAME=lifeline-state\n");
+            break fds.pop().unwrap();
+        }
+    };
+    assert!(fixture.first.wait().unwrap().success());
+    // Down, but the kept listener still queues connections: this one is served by the next start.
+    let config = lifeline_tests::https::client_config(&fixture.ca.cert_der);
+    let https = fixture.https;
+    let waiting = std::thread::spawn(move || lifeline_tests::https::get(https, &config, "/"));
+
+    let mut next =
+        start_with_fd_store(fixture.dir.path(), &notify_path, &[&stored[0], &state], "https:lifeline-state");
+    let stdout = Lines::new(next.stdout.take().unwrap());
+    let _stderr = Lines::new(next.stderr.take().unwrap());
+    let line = stdout.wait("ready pid=");
+    assert_eq!(field(&line, "generation"), "2", "the generation continues: {line}");
+    assert_eq!(field(&line, "https"), fixture.https.to_string(), "the same listener");
+    let answer = waiting.join().unwrap().expect("the connection made while down is served");
+    assert!(answer.contains("generation=2 served=6"), "the count continues: {answer}");
+    // The state is the new process's now: out of the store.
+    loop {
+        let (msg, _) = recv_with_fds(&manager);
+        if msg.starts_with("FDSTOREREMOVE=1") {
+            assert_eq!(msg, "FDSTOREREMOVE=1\nFDNAME=lifeline-state\n");
+            break;
+        }
+    }
+    kill(Pid::from_raw(next.id() as i32), Signal::SIGKILL).unwrap();
+    next.wait().unwrap();
+
+    // A stored "state" that is not a sealed memfd is never trusted: dropped, generation 1.
+    let forged = std::fs::File::create(fixture.path("forged")).unwrap();
+    let forged: std::os::fd::OwnedFd = forged.into();
+    let mut next =
+        start_with_fd_store(fixture.dir.path(), &notify_path, &[&stored[0], &forged], "https:lifeline-state");
+    let stdout = Lines::new(next.stdout.take().unwrap());
+    let stderr = Lines::new(next.stderr.take().unwrap());
+    assert_eq!(field(&stdout.wait("ready pid="), "generation"), "1");
+    stderr.wait("dropping the state kept in the fd store");
+    kill(Pid::from_raw(next.id() as i32), Signal::SIGKILL).unwrap();
+    next.wait().unwrap();
+}

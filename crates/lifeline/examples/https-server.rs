@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! https-server --listen ADDR --cert FILE --key FILE --state-dir DIR [--control SOCKET]
-//!              [--ready-timeout D] [--drain-timeout D]
+//!              [--ready-timeout D] [--drain-timeout D] [--fd-store]
 //! ```
 //!
 //! - **dirlock**: holds `DIR/.lifeline.lock`; a second instance on the same DIR exits 75 naming
@@ -71,6 +71,10 @@ struct Args {
     /// How long in-flight requests may take to finish after a handover or stop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
+    /// Keep the listener and, at a stop, the state in systemd's fd store (`FileDescriptorStoreMax=`):
+    /// a `systemctl restart` then continues the generation and the served count.
+    #[arg(long)]
+    fd_store: bool,
 }
 
 /// What passes from one generation to the next (the generation itself travels with it).
@@ -117,7 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .tcp("https", args.listen)
         .tls(&args.cert, &args.key)
         .ready_timeout(args.ready_timeout)
-        .drain_timeout(args.drain_timeout);
+        .drain_timeout(args.drain_timeout)
+        .fd_store(args.fd_store);
     if let Some(control) = &args.control {
         builder = builder.control_socket(control);
     }

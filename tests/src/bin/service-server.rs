@@ -4,6 +4,7 @@
 //! ```text
 //! service-server --state-dir DIR --control SOCKET --cert FILE --key FILE --mode-file FILE
 //!                [--pid-file FILE] [--unix PATH] [--udp] [--drain-ms N] [--ready-timeout-ms N]
+//!                [--fd-store]
 //! ```
 //!
 //! HTTPS on 127.0.0.1 (`GET /` answers `pid=<pid> generation=<g> served=<n>`); with `--unix`, the
@@ -58,6 +59,7 @@ struct Args {
     udp: bool,
     drain_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
+    fd_store: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -74,6 +76,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--pid-file" => args.pid_file = Some(value()?.into()),
             "--unix" => args.unix = Some(value()?.into()),
             "--udp" => args.udp = true,
+            "--fd-store" => args.fd_store = true,
             "--drain-ms" => args.drain_ms = Some(value()?.parse()?),
             "--ready-timeout-ms" => args.ready_timeout_ms = Some(value()?.parse()?),
             other => bail!("unknown argument {other}"),
@@ -153,7 +156,8 @@ async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
         .state_dir(&args.state_dir)
         .tcp("https", "127.0.0.1:0".parse()?)
         .tls(&args.cert, &args.key)
-        .control_socket(&args.control);
+        .control_socket(&args.control)
+        .fd_store(args.fd_store);
     if let Some(path) = &args.pid_file {
         builder = builder.pid_file(path);
     }

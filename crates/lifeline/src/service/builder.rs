@@ -14,6 +14,8 @@ use super::{Error, ServiceState, Starting};
 /// Names the service layer registers for its own file descriptors; listener names must differ.
 pub(crate) const LOCK_FD: &str = "lifeline-state-lock";
 pub(crate) const CONTROL_FD: &str = "lifeline-control";
+/// The fd-store name of the state a stopping service leaves for its next start.
+pub(crate) const STATE_FD: &str = "lifeline-state";
 
 /// Configures a service; [`start`](Builder::start) it inside a tokio runtime.
 ///
@@ -49,6 +51,7 @@ pub struct Builder {
     pub(crate) quiet_period: Duration,
     pub(crate) stop_signals: Vec<SignalKind>,
     pub(crate) restart_signals: Vec<SignalKind>,
+    pub(crate) fd_store: bool,
 }
 
 impl Default for Builder {
@@ -75,6 +78,7 @@ impl Builder {
             quiet_period: Duration::from_millis(500),
             stop_signals: vec![SignalKind::terminate(), SignalKind::interrupt()],
             restart_signals: vec![SignalKind::user_defined1(), SignalKind::hangup()],
+            fd_store: false,
         }
     }
 
@@ -147,7 +151,8 @@ impl Builder {
     /// The handover settings beyond those above: the executable and arguments a restart starts,
     /// the state size limit, service-manager notification, the fd store (default
     /// [`handover::Config::default`]). Replaces what [`ready_timeout`](Builder::ready_timeout)
-    /// and [`pid_file`](Builder::pid_file) set.
+    /// and [`pid_file`](Builder::pid_file) set. Its `fd_store` is ignored: see
+    /// [`fd_store`](Builder::fd_store).
     pub fn handover_config(mut self, config: handover::Config) -> Self {
         self.handover = config;
         self
@@ -190,6 +195,20 @@ impl Builder {
         self
     }
 
+    /// Keeps the service in systemd's file descriptor store (default off; needs
+    /// `FileDescriptorStoreMax=` in the unit and `NOTIFY_SOCKET`): a fresh process stores its
+    /// listeners (`FDSTORE=1`, under their names), and a stopping one stores its state — the
+    /// generation and the application's [`ServiceState`] — in a sealed memfd. Across a
+    /// `systemctl restart` (which keeps the store; `systemctl stop` empties it) the next process
+    /// gets both back: connections wait in the kept listeners' queues instead of being refused,
+    /// and the generation and the state continue. A stored state the new program cannot read is
+    /// dropped with a warning, never trusted; a read one is removed from the store once the new
+    /// process is ready.
+    pub fn fd_store(mut self, keep: bool) -> Self {
+        self.fd_store = keep;
+        self
+    }
+
     /// Starts the service, carrying application state of type `S` (`()` for none): adopts what
     /// a predecessor or systemd passed, locks the state directory, sets up the listeners, the
     /// control socket and TLS, reads the predecessor's state, and installs the signal handlers.
@@ -209,7 +228,7 @@ impl Builder {
             if let Err(err) = handover::validate_name(&spec.name) {
                 return config(err.to_string());
             }
-            if spec.name == LOCK_FD || spec.name == CONTROL_FD {
+            if [LOCK_FD, CONTROL_FD, STATE_FD].contains(&spec.name.as_str()) {
                 return config(format!("listener name {:?} is reserved", spec.name));
             }
             if self.listeners[..i].iter().any(|other| other.name == spec.name) {

@@ -1,5 +1,6 @@
 //! [`Running`]: a ready service — restarts, stops, and the drain that ends it.
 
+use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::builder::CONTROL_FD;
+use super::builder::{CONTROL_FD, STATE_FD};
 use super::connection::Connections;
 use super::listeners::SocketFile;
 use super::{Error, notify};
@@ -25,6 +26,8 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The application's part of `STATUS=`.
 type StatusText = Box<dyn Fn() -> String + Send + Sync>;
+/// The state a successor (or the next start, through the fd store) continues from.
+pub(crate) type EncodeState = Arc<dyn Fn() -> Result<super::state::Carried, postcard::Error> + Send + Sync>;
 
 /// Why a service stopped serving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,8 @@ pub(crate) struct Parts {
     #[cfg(feature = "tls")]
     pub(crate) certificates: Option<certwatch::CertWatcher>,
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
+    pub(crate) encode: EncodeState,
+    pub(crate) fd_store: bool,
 }
 
 struct Inner {
@@ -128,6 +133,8 @@ struct Inner {
     certificates: Option<certwatch::CertWatcher>,
     /// The application's part of `STATUS=` ([`Running::set_status`]).
     status_text: Mutex<Option<StatusText>>,
+    encode: EncodeState,
+    fd_store: bool,
 }
 
 /// A ready service: its restarts, its stop, and its connections.
@@ -184,6 +191,8 @@ impl Running {
             #[cfg(feature = "tls")]
             certificates,
             signals,
+            encode,
+            fd_store,
         } = parts;
         let draining = CancellationToken::new();
         let connections = Connections {
@@ -215,6 +224,8 @@ impl Running {
             #[cfg(feature = "tls")]
             certificates,
             status_text: Mutex::new(None),
+            encode,
+            fd_store,
         });
         let running = Running { inner };
         if let Some(server) = control {
@@ -480,10 +491,38 @@ impl Running {
             tracing::warn!("the control socket did not finish answering in time");
         }
         if !handed_over {
+            if inner.fd_store {
+                self.store_state();
+            }
             self.let_go();
         }
         tracing::info!(%reason, ?drained, "stopped");
         Finished { reason, drained }
+    }
+
+    /// After a stop: the final state, in a sealed memfd, into systemd's fd store for the next start
+    /// (kept across `systemctl restart`).
+    fn store_state(&self) {
+        if std::env::var_os("NOTIFY_SOCKET").is_none() {
+            return;
+        }
+        let sealed = (self.inner.encode)()
+            .map_err(|e| handover::Error::StateCorrupt { reason: e.to_string() })
+            .and_then(|carried| {
+                handover::SealedState::create(STATE_FD, super::state::FRAME_VERSION, &carried, usize::MAX)
+            });
+        match sealed {
+            Ok(fd) => {
+                let states = [sd_notify::NotifyState::FdStore, sd_notify::NotifyState::FdName(STATE_FD)];
+                match sd_notify::notify_with_fds(&states, &[fd.as_fd()]) {
+                    Ok(()) => {
+                        tracing::info!(generation = self.inner.generation, "state kept in the fd store");
+                    }
+                    Err(err) => tracing::warn!(%err, "cannot keep the state in the fd store"),
+                }
+            }
+            Err(err) => tracing::warn!(%err, "cannot keep the state in the fd store"),
+        }
     }
 
     /// After a stop: the lock released (file unlinked while held), socket files and pid file
@@ -524,5 +563,23 @@ fn arm_hard_deadline(after: Duration, handed_over: bool) {
     });
     if let Err(err) = spawned {
         tracing::warn!(%err, "cannot arm the drain's hard deadline");
+    }
+}
+
+/// Right after the commit of a fresh process with an fd store: its listeners into the store
+/// (under their names), and the state it took from the store out of it (it is this process's now;
+/// a crash must not bring it back).
+pub(crate) fn fd_store_after_commit(listeners: &[(String, OwnedFd)], took_stored_state: bool) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    for (name, fd) in listeners {
+        let states = [sd_notify::NotifyState::FdStore, sd_notify::NotifyState::FdName(name)];
+        if let Err(err) = sd_notify::notify_with_fds(&states, &[fd.as_fd()]) {
+            tracing::warn!(%err, listener = %name, "cannot keep the listener in the fd store");
+        }
+    }
+    if took_stored_state {
+        notify::send(&[sd_notify::NotifyState::FdStoreRemove, sd_notify::NotifyState::FdName(STATE_FD)]);
     }
 }

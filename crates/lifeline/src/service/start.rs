@@ -9,7 +9,7 @@ use handover::{Handover, LifecycleHandler, StateWriter};
 use tokio::signal::unix::SignalKind;
 use tokio::sync::mpsc;
 
-use super::builder::{CONTROL_FD, LOCK_FD};
+use super::builder::{CONTROL_FD, LOCK_FD, STATE_FD};
 use super::listeners::{self, Socket, SocketFile, Source};
 use super::running::{Running, Settings};
 use super::state::{Carried, FRAME_VERSION};
@@ -84,6 +84,11 @@ pub struct Starting<S: ServiceState> {
     state: Option<S>,
     generation: u64,
     signals: mpsc::UnboundedReceiver<SignalKind>,
+    /// Duplicates of the listeners for systemd's fd store (fresh start with `fd_store`).
+    to_store: Vec<(String, std::os::fd::OwnedFd)>,
+    /// Whether a state was taken from systemd's fd store (removed from it after the commit).
+    took_stored_state: bool,
+    fd_store: bool,
 }
 
 impl<S: ServiceState> Starting<S> {
@@ -92,7 +97,8 @@ impl<S: ServiceState> Starting<S> {
             return Err(Error::NoRuntime);
         }
         // 1. Adopt what a predecessor (or systemd) passed, before anything else touches fds.
-        let mut handover = Handover::from_env(builder.handover.clone())?;
+        // The service keeps its own fd store entries (listeners, state; never the lock).
+        let mut handover = Handover::from_env(builder.handover.clone().fd_store(false))?;
         let successor = handover.predecessor().is_some();
         let step = |name: &'static str| fault::check(name, successor);
 
@@ -103,20 +109,11 @@ impl<S: ServiceState> Starting<S> {
         // 3. The state directory: the predecessor's lock, verified (still its own until the
         // commit), or a lock of our own.
         step("lock")?;
-        let lock = match &builder.state_dir {
-            None => None,
-            Some(dir) => {
-                let lock_error = |source| Error::Lock { dir: dir.clone(), source };
-                Some(match handover.take_fd(LOCK_FD) {
-                    Some(fd) => StateLock::Inherited(
-                        DirLock::adopt(fd, dir, &builder.lock_options).map_err(lock_error)?,
-                    ),
-                    None => StateLock::Held(
-                        DirLock::acquire_with(dir, &builder.lock_options).map_err(lock_error)?,
-                    ),
-                })
-            }
-        };
+        let lock = lock_state_dir(&mut handover, &builder)?;
+
+        // The state a stopped predecessor left in systemd's fd store, if any (read below, after
+        // the predecessor's own; never taken for a listener).
+        let stored_state = handover.take_fd(STATE_FD);
 
         // 4. The listeners, ready for tokio.
         step("listeners")?;
@@ -137,19 +134,7 @@ impl<S: ServiceState> Starting<S> {
         // 5. The control socket: the predecessor's (its file stays the predecessor's until the
         // commit) or bound now.
         step("control")?;
-        let control = match &builder.control {
-            None => None,
-            Some((path, config)) => {
-                // The service handles its restart signals itself.
-                let mut config = config.clone();
-                config.restart_on_sigusr1 = false;
-                let control_error = |source| Error::Control { path: path.clone(), source };
-                Some(match handover.take_fd(CONTROL_FD) {
-                    Some(fd) => restart_socket::Server::adopt(fd, path, config).map_err(control_error)?,
-                    None => restart_socket::Server::bind(path, config).map_err(control_error)?,
-                })
-            }
-        };
+        let control = control_socket(&mut handover, &builder)?;
 
         // 6. TLS: the first pair loaded and validated.
         step("tls")?;
@@ -158,7 +143,13 @@ impl<S: ServiceState> Starting<S> {
 
         // 7. The predecessor's state: one we cannot read means we cannot take over.
         step("state")?;
-        let carried: Option<Carried> = handover.read_state(FRAME_VERSION).await?;
+        let mut carried: Option<Carried> = handover.read_state(FRAME_VERSION).await?;
+        let took_stored_state = stored_state.is_some();
+        if let Some(fd) = stored_state
+            && carried.is_none()
+        {
+            carried = read_stored::<S>(&fd, builder.handover.state_limit);
+        }
         let (generation, state) = match carried {
             Some(carried) => (carried.generation.saturating_add(1), Some(carried.decode::<S>()?)),
             None => (1, None),
@@ -174,6 +165,7 @@ impl<S: ServiceState> Starting<S> {
         if let Some(lock) = &lock {
             handover.register_dup(LOCK_FD, &lock.as_fd())?;
         }
+        let to_store = if builder.fd_store && !successor { duplicates(&slots)? } else { Vec::new() };
 
         // 9. The service manager's notify socket, when there is one to talk to.
         step("notify")?;
@@ -203,6 +195,9 @@ impl<S: ServiceState> Starting<S> {
             state,
             generation,
             signals,
+            to_store,
+            took_stored_state,
+            fd_store: builder.fd_store,
         })
     }
 
@@ -308,16 +303,23 @@ impl<S: ServiceState> Starting<S> {
             state: _,
             generation,
             signals,
+            to_store,
+            took_stored_state,
+            fd_store,
         } = self;
         let predecessor = handover.predecessor();
         fault::check("commit", predecessor.is_some())?;
-        let lifecycle = Lifecycle { generation, snapshot: Box::new(snapshot) };
+        let encode: super::running::EncodeState =
+            std::sync::Arc::new(move || Carried::encode(generation, &snapshot()));
+        let lifecycle = Lifecycle { encode: encode.clone() };
         let upgrader = handover.ready(lifecycle).await?;
         // Committed. Nothing below can fail: what was adopted is ours now.
         let lock = lock.map(StateLock::commit);
         if let Some(server) = &control {
             server.listener().claim();
         }
+        super::running::fd_store_after_commit(&to_store, took_stored_state);
+        drop(to_store);
         let mut socket_files = std::mem::take(&mut fresh_files.0);
         socket_files.extend(inherited_files);
         tracing::info!(pid = std::process::id(), generation, ?predecessor, "service ready");
@@ -333,20 +335,89 @@ impl<S: ServiceState> Starting<S> {
             #[cfg(feature = "tls")]
             certificates: tls.map(|tls| tls.watcher),
             signals,
+            encode,
+            fd_store,
         }))
     }
 }
 
-/// The old process's side of a handover: the generation and the application's snapshot.
-struct Lifecycle<S> {
-    generation: u64,
-    snapshot: Box<dyn Fn() -> S + Send + Sync>,
+/// The state directory: the predecessor's lock, verified (still its own until the commit), or a
+/// lock of our own.
+fn lock_state_dir(handover: &mut Handover, builder: &Builder) -> Result<Option<StateLock>, Error> {
+    let Some(dir) = &builder.state_dir else { return Ok(None) };
+    let lock_error = |source| Error::Lock { dir: dir.clone(), source };
+    Ok(Some(match handover.take_fd(LOCK_FD) {
+        Some(fd) => StateLock::Inherited(DirLock::adopt(fd, dir, &builder.lock_options).map_err(lock_error)?),
+        None => StateLock::Held(DirLock::acquire_with(dir, &builder.lock_options).map_err(lock_error)?),
+    }))
 }
 
-impl<S: ServiceState> LifecycleHandler for Lifecycle<S> {
+/// The control socket: the predecessor's (its file stays the predecessor's until the commit) or
+/// bound now.
+fn control_socket(
+    handover: &mut Handover,
+    builder: &Builder,
+) -> Result<Option<restart_socket::Server>, Error> {
+    let Some((path, config)) = &builder.control else { return Ok(None) };
+    // The service handles its restart signals itself.
+    let mut config = config.clone();
+    config.restart_on_sigusr1 = false;
+    let control_error = |source| Error::Control { path: path.clone(), source };
+    Ok(Some(match handover.take_fd(CONTROL_FD) {
+        Some(fd) => restart_socket::Server::adopt(fd, path, config).map_err(control_error)?,
+        None => restart_socket::Server::bind(path, config).map_err(control_error)?,
+    }))
+}
+
+/// Duplicates of the listeners, for systemd's fd store.
+fn duplicates(slots: &[Slot]) -> Result<Vec<(String, std::os::fd::OwnedFd)>, Error> {
+    let mut dups = Vec::new();
+    for slot in slots {
+        if let Some(socket) = &slot.socket {
+            let dup = socket
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| Error::Register { name: slot.name.clone(), source })?;
+            dups.push((slot.name.clone(), dup));
+        }
+    }
+    Ok(dups)
+}
+
+/// Reads the state a stopped predecessor left in systemd's fd store; anything unreadable (not a
+/// sealed memfd, a corrupt frame, a version this program cannot read) is dropped with a warning.
+fn read_stored<S: ServiceState>(fd: &std::os::fd::OwnedFd, limit: usize) -> Option<Carried> {
+    let carried =
+        handover::SealedState::read(fd, limit).and_then(|frame| frame.decode::<Carried>(FRAME_VERSION));
+    match carried {
+        Ok(carried) => match carried.decode::<S>() {
+            Ok(_) => {
+                tracing::info!(
+                    generation = carried.generation,
+                    "continuing from the state kept in the fd store"
+                );
+                Some(carried)
+            }
+            Err(err) => {
+                tracing::warn!(%err, "dropping the state kept in the fd store");
+                None
+            }
+        },
+        Err(err) => {
+            tracing::warn!(%err, "dropping the state kept in the fd store");
+            None
+        }
+    }
+}
+
+/// The old process's side of a handover: the generation and the application's snapshot.
+struct Lifecycle {
+    encode: super::running::EncodeState,
+}
+
+impl LifecycleHandler for Lifecycle {
     async fn send_state(&mut self, writer: &mut StateWriter) -> std::io::Result<()> {
-        let carried = Carried::encode(self.generation, &(self.snapshot)())
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let carried = (self.encode)().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         writer.send(FRAME_VERSION, &carried).await
     }
 
