@@ -375,7 +375,7 @@ fn start_with_fd_store(dir: &Path, notify: &Path, fds: &[&std::os::fd::OwnedFd],
         })
         .collect::<Result<_, _>>()
         .unwrap();
-    let raw: Vec<i32> = high.iter().map(|fd| fd.as_raw_fd()).collect();
+    let raw: Vec<i32> = high.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     let mut cmd = Command::new("/bin/sh");
     cmd.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\"", FIXTURE]);
     cmd.arg("--state-dir").arg(dir.join("state"));
