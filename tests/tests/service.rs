@@ -362,7 +362,6 @@ fn recv_with_fds(socket: &UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
 /// Starts the fixture as systemd would with a non-empty fd store: `fds` at 3, 4, ... under
 /// `names`, `LISTEN_PID` set to the new process's own pid (by a shell that then execs it).
 fn start_with_fd_store(dir: &Path, notify: &Path, fds: &[&std::os::fd::OwnedFd], names: &str) -> Child {
-    use std::os::fd::AsRawFd as _;
     use std::os::unix::process::CommandExt as _;
     // Copies far above 3 + fds.len() first, so that moving one into place never overwrites another.
     let high: Vec<std::os::fd::OwnedFd> = fds
