@@ -168,6 +168,21 @@ impl DirLock {
         unlinked.and(closed)
     }
 
+    /// Checks that the lock file at the path is still the one this lock holds and writes this
+    /// process's pid into it again — for a process that takes a lock back after a successor it
+    /// handed over to died (the file may name the dead one). [`Error::NotTheLockFile`] if the
+    /// file was unlinked or replaced meanwhile: the lock no longer guards the directory.
+    pub fn reassert(&mut self) -> Result<()> {
+        let stat = nix::sys::stat::fstat(&self.fd).map_err(|e| Error::io("stat", &self.unlink.path, e))?;
+        if !lockfile::still_at_path(&self.unlink.path, &stat)? {
+            return Err(Error::NotTheLockFile { path: self.unlink.path.clone() });
+        }
+        let pid = std::process::id();
+        lockfile::write_pid(self.fd.as_fd(), &self.unlink.path, pid, true)?;
+        self.unlink.owner_pid = pid;
+        Ok(())
+    }
+
     /// Gives up ownership of the lock *without* releasing it or unlinking the lock file, and
     /// returns its descriptor, for handing to a successor process that will
     /// [`adopt`](DirLock::adopt) it.

@@ -584,3 +584,15 @@ fn an_adopted_lock_dropped_before_commit_leaves_the_file_and_the_lock_to_the_pre
         assert!(!lock_file(dir.path()).exists());
     }
 }
+
+#[test]
+fn reassert_rewrites_the_pid_and_refuses_a_replaced_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lock = DirLock::acquire(dir.path()).unwrap();
+    fs::write(lock_file(dir.path()), "999999\n").unwrap();
+    lock.reassert().unwrap();
+    assert_eq!(fs::read_to_string(lock_file(dir.path())).unwrap(), format!("{}\n", std::process::id()));
+    fs::remove_file(lock_file(dir.path())).unwrap();
+    let err = lock.reassert().unwrap_err();
+    assert!(matches!(err, Error::NotTheLockFile { .. }), "{err:?}");
+}

@@ -128,6 +128,17 @@ pub enum Error {
     #[error("the service is stopping")]
     Stopping,
 
+    /// A rollback ([`Upgrader::roll_back`]) is not possible.
+    ///
+    /// [`Upgrader::roll_back`]: crate::Upgrader::roll_back
+    #[error("cannot roll back to this process: successor pid {pid}: {reason}")]
+    SuccessorRunning {
+        /// The successor's pid (0 when there is none).
+        pid: u32,
+        /// Why not.
+        reason: String,
+    },
+
     /// This process already handed over to a successor and is draining.
     #[error("already handed over to pid {pid}")]
     AlreadyUpgraded {

@@ -65,3 +65,16 @@ pub(crate) fn still_ready() -> Result<(), Error> {
     tracing::debug!("sent READY=1 after a failed upgrade");
     Ok(())
 }
+
+/// `MAINPID=<this pid>`, `READY=1` and a `STATUS=` saying why: this process takes over again
+/// after its successor died (a rollback).
+pub(crate) fn rolled_back(me: u32, successor: u32) -> Result<(), Error> {
+    if !enabled() {
+        return Ok(());
+    }
+    let status = format!("rolled back: successor pid {successor} died");
+    sd_notify::notify(&[NotifyState::MainPid(me), NotifyState::Ready, NotifyState::Status(&status)])
+        .map_err(|source| Error::Notify { source })?;
+    tracing::debug!(me, "sent MAINPID (rollback)");
+    Ok(())
+}

@@ -9,7 +9,6 @@ use crate::Error;
 
 /// Writes `pid` and a newline to `path` so that a reader sees the old content or the new one,
 /// never a torn file.
-#[cfg(test)]
 pub(crate) fn write(path: &Path, pid: u32) -> Result<(), Error> {
     Prepared::new(path, pid)?.persist()
 }

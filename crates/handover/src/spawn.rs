@@ -58,8 +58,18 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     };
     if outcome.is_err() {
         kill_and_reap(&mut child, pid).await;
+    } else {
+        // The successor runs on; its exit (a crash during a rollback window, or much later) is
+        // reaped and published here.
+        let exit = shared.successor_exit.clone();
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let reason = ExitReason::from_status(status);
+                tracing::info!(pid, %reason, "the successor exited");
+                exit.send_replace(Some((pid, reason)));
+            }
+        });
     }
-    // On success, dropping `child` leaves it running; tokio reaps it should it exit while we live.
     outcome
 }
 

@@ -233,6 +233,16 @@ impl Server {
         Ok(Server::new(socket, path, id, false, config, sigusr1))
     }
 
+    /// A new server on the listening socket of `handle`, whose previous server has stopped —
+    /// typically after a handover was rolled back and this process serves again. The socket
+    /// file is this process's again ([`ListenerHandle::reclaim`] is implied).
+    pub fn resume(handle: &ListenerHandle, config: ServerConfig) -> Result<Server, Error> {
+        let sigusr1 = catch_sigusr1(&config)?;
+        handle.reclaim();
+        tracing::info!(path = %handle.inner.path.display(), "restart socket resumed");
+        Ok(Server { inner: Arc::clone(&handle.inner), config, sigusr1 })
+    }
+
     fn new(
         socket: StdListener,
         path: &Path,

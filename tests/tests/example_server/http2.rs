@@ -26,7 +26,13 @@ struct Tally {
     failures: std::sync::Mutex<Vec<String>>,
 }
 
+/// Whether the request was never processed: refused by the server's GOAWAY, or never sent because
+/// the connection was closing (hyper's `Canceled`). Both are what HTTP/2 clients retry on a new
+/// connection (hyper-util's client does so by default).
 fn refused_by_goaway(err: &hyper::Error) -> bool {
+    if err.is_canceled() {
+        return true;
+    }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(err) = source {
         if let Some(h2) = err.downcast_ref::<h2::Error>() {

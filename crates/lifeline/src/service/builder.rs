@@ -52,6 +52,10 @@ pub struct Builder {
     pub(crate) stop_signals: Vec<SignalKind>,
     pub(crate) restart_signals: Vec<SignalKind>,
     pub(crate) fd_store: bool,
+    pub(crate) rollback_window: Option<Duration>,
+    pub(crate) max_retired: Option<usize>,
+    pub(crate) restart_on_exe_change: bool,
+    pub(crate) ready_fd: Option<std::os::fd::RawFd>,
 }
 
 impl Default for Builder {
@@ -79,6 +83,10 @@ impl Builder {
             stop_signals: vec![SignalKind::terminate(), SignalKind::interrupt()],
             restart_signals: vec![SignalKind::user_defined1(), SignalKind::hangup()],
             fd_store: false,
+            rollback_window: None,
+            max_retired: None,
+            restart_on_exe_change: false,
+            ready_fd: None,
         }
     }
 
@@ -209,6 +217,45 @@ impl Builder {
         self
     }
 
+    /// Keeps a process that handed over on standby for `window` (default: none): it accepts
+    /// nothing but holds its listeners, lock and control socket, and if the successor dies
+    /// (exits non-zero or is killed — a crash, a failed liveness check that made its supervisor
+    /// kill it) within the window, it serves again: `MAINPID=` back to itself (a supervisor
+    /// follows), the pid file and the lock file name it again, and it can restart again later.
+    /// After the window it drains and exits as usual. No peer offers this. Accept through
+    /// [`Running::accept`](super::Running::accept) or the HTTP helpers, which pause during the
+    /// window.
+    pub fn rollback_window(mut self, window: Duration) -> Self {
+        self.rollback_window = (!window.is_zero()).then_some(window);
+        self
+    }
+
+    /// Refuses a restart while `limit` earlier generations are still draining (default: no
+    /// limit), with [`Error::TooManyRetired`] — like `HAProxy`'s `mworker-max-reloads`, a guard against
+    /// lingering workers. Each generation knows its predecessors by pid and start time.
+    pub fn max_retired(mut self, limit: usize) -> Self {
+        self.max_retired = Some(limit);
+        self
+    }
+
+    /// Restarts (a handover) when a new executable is installed at the path this process was
+    /// started from (default off): the directory is watched, and once a file renamed or written
+    /// into place is a complete, executable regular file other than the one running, a restart
+    /// starts it. A broken new binary fails the restart as any failed successor does, and this
+    /// process serves on.
+    pub fn restart_on_exe_change(mut self, on: bool) -> Self {
+        self.restart_on_exe_change = on;
+        self
+    }
+
+    /// Writes a newline to file descriptor `fd` and closes it once a fresh process is ready
+    /// (default: none): the readiness protocol of s6 (`notification-fd`) and dinit
+    /// (`ready-notification = pipefd:N`). Successors, which these supervisors do not know, skip it.
+    pub fn ready_fd(mut self, fd: std::os::fd::RawFd) -> Self {
+        self.ready_fd = Some(fd);
+        self
+    }
+
     /// Starts the service, carrying application state of type `S` (`()` for none): adopts what
     /// a predecessor or systemd passed, locks the state directory, sets up the listeners, the
     /// control socket and TLS, reads the predecessor's state, and installs the signal handlers.
@@ -240,6 +287,12 @@ impl Builder {
         }
         if self.quiet_period.is_zero() {
             return config("the quiet period is zero".to_owned());
+        }
+        if self.ready_fd.is_some_and(|fd| fd < 3) {
+            return config("the readiness fd must not be a standard stream".to_owned());
+        }
+        if self.max_retired == Some(0) {
+            return config("max_retired of 0 would refuse every restart".to_owned());
         }
         let overlap = self.stop_signals.iter().find(|s| self.restart_signals.contains(s));
         if let Some(signal) = overlap {

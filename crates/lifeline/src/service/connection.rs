@@ -307,6 +307,31 @@ impl Connections {
     }
 }
 
+/// A listener [`Running::accept`](super::Running::accept) can accept on.
+pub trait Accept {
+    /// What one accept yields.
+    type Connection;
+
+    /// Accepts one connection.
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Connection>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Connection = (tokio::net::TcpStream, std::net::SocketAddr);
+
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Connection>> + Send {
+        self.accept()
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Connection = (tokio::net::UnixStream, tokio::net::unix::SocketAddr);
+
+    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Connection>> + Send {
+        self.accept()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

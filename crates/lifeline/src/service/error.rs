@@ -136,6 +136,16 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A restart was refused: too many earlier generations are still draining
+    /// ([`Builder::max_retired`](super::Builder::max_retired)).
+    #[error("restart refused: {alive} earlier generations are still draining (limit {limit})")]
+    TooManyRetired {
+        /// How many are still running.
+        alive: usize,
+        /// The limit.
+        limit: usize,
+    },
+
     /// A fault injected by a test (feature `fault-injection`, `LIFELINE_FAIL_AT`).
     #[doc(hidden)]
     #[error("injected failure at start-up step {step:?}")]

@@ -29,8 +29,6 @@ use super::{Connection, Protocol, Running, Stop};
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After an accept error (out of descriptors), the pause before accepting again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -107,30 +105,19 @@ where
     .await
 }
 
-/// Accepts until the service stops; hands each stream to `on_connection`.
+/// Accepts while the service serves (pausing in a rollback window); hands each stream to
+/// `on_connection`; returns why the service stopped once it must stop accepting for good.
 async fn accept_loop(
     running: &Running,
     listener: TcpListener,
     mut on_connection: impl FnMut(TcpStream),
 ) -> Stop {
-    let stopped = running.stopped();
-    tokio::pin!(stopped);
-    loop {
-        let stream = tokio::select! {
-            biased;
-            stop = &mut stopped => return stop,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _peer)) = running.accept(&listener).await {
         let _ = stream.set_nodelay(true);
         on_connection(stream);
     }
+    drop(listener);
+    running.stopped().await
 }
 
 /// One connection, HTTP/1.1 or HTTP/2, drained without racing its client.

@@ -8,8 +8,8 @@
 //!    returns [`Starting`]: take the listeners, the TLS acceptor and the predecessor's state.
 //! 2. [`Starting::ready`] is **the commit**: the service serves from here on (a predecessor, if
 //!    any, drains and exits). It returns [`Running`].
-//! 3. Serve until [`Running::stopped`] resolves (a stop signal, or a successor took over),
-//!    drop the listeners, then [`Running::drain`].
+//! 3. Accept with [`Running::accept`] until it says `None` (a stop signal, or a successor took
+//!    over), drop the listeners, then [`Running::drain`].
 //!
 //! The HTTP helpers ([`http::serve`], [`http::serve_tls`]) do step 3's accept loop and the
 //! per-connection drain for hyper and tower (axum) services; for another protocol, spawn each
@@ -43,19 +43,13 @@
 //!     }).await?;
 //!
 //!     let connections = running.connections();
-//!     let stopped = running.stopped();
-//!     tokio::pin!(stopped);
-//!     loop {
-//!         tokio::select! {
-//!             _ = &mut stopped => break,
-//!             Ok((stream, _)) = listener.accept() => {
-//!                 let served = served.clone();
-//!                 connections.spawn(stream, move |mut io| async move {
-//!                     let n = served.fetch_add(1, Ordering::SeqCst) + 1;
-//!                     let _ = io.write_all(format!("hello #{n}\n").as_bytes()).await;
-//!                 });
-//!             }
-//!         }
+//!     // `None` once a successor took over for good, or a stop signal came.
+//!     while let Some((stream, _peer)) = running.accept(&listener).await {
+//!         let served = served.clone();
+//!         connections.spawn(stream, move |mut io| async move {
+//!             let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+//!             let _ = io.write_all(format!("hello #{n}\n").as_bytes()).await;
+//!         });
 //!     }
 //!     drop(listener);
 //!     running.drain().await;
@@ -93,12 +87,14 @@
 mod builder;
 mod connection;
 mod error;
+mod exe;
 mod fault;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod listeners;
 mod notify;
+mod retired;
 mod running;
 mod start;
 mod state;
@@ -106,7 +102,7 @@ mod state;
 mod tls;
 
 pub use builder::Builder;
-pub use connection::{Busy, Connection, Connections, Protocol, Tracked};
+pub use connection::{Accept, Busy, Connection, Connections, Protocol, Tracked};
 pub use error::Error;
 pub use running::{Finished, Running, Stop};
 pub use start::Starting;

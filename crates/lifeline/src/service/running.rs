@@ -1,4 +1,4 @@
-//! [`Running`]: a ready service — restarts, stops, and the drain that ends it.
+//! [`Running`]: a ready service — restarts, stops, a rollback window, and the drain that ends it.
 
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::path::PathBuf;
@@ -10,19 +10,22 @@ use dirlock::DirLock;
 use handover::{Drained, Upgrader};
 use restart_socket::{ListenerHandle, Status};
 use tokio::signal::unix::SignalKind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::builder::{CONTROL_FD, STATE_FD};
 use super::connection::Connections;
 use super::listeners::SocketFile;
+use super::retired::Retired;
 use super::{Error, notify};
 
 /// How long the control server may take to answer what it accepted before it stopped.
 const CONTROL_GRACE: Duration = Duration::from_secs(5);
 /// How often `STATUS=` is refreshed for the service manager (when there is one).
 const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// After an accept error (out of descriptors), the pause before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The application's part of `STATUS=`.
 type StatusText = Box<dyn Fn() -> String + Send + Sync>;
@@ -78,7 +81,19 @@ impl Finished {
     }
 }
 
-/// Drain settings carried from the builder.
+/// Where a running service stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The main process: accepting.
+    Serving,
+    /// Handed over, in the rollback window: accepting nothing, holding everything, ready to take
+    /// over again if the successor dies.
+    Standby { successor: u32 },
+    /// Done serving, for this reason: drain.
+    Done(Stop),
+}
+
+/// Settings carried from the builder.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
@@ -86,6 +101,10 @@ pub(crate) struct Settings {
     pub(crate) quiet: Duration,
     pub(crate) pid_file: Option<PathBuf>,
     pub(crate) restart_signals: Vec<SignalKind>,
+    pub(crate) rollback_window: Option<Duration>,
+    pub(crate) max_retired: Option<usize>,
+    pub(crate) control_config: restart_socket::ServerConfig,
+    pub(crate) watch_executable: Option<PathBuf>,
 }
 
 /// What [`Starting::ready`](super::Starting::ready) hands over.
@@ -103,6 +122,7 @@ pub(crate) struct Parts {
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
     pub(crate) encode: EncodeState,
     pub(crate) fd_store: bool,
+    pub(crate) retired: Vec<Retired>,
 }
 
 struct Inner {
@@ -111,15 +131,13 @@ struct Inner {
     generation: u64,
     predecessor: Option<u32>,
     started_at: u64,
-    /// Cancelled when a stop (not a handover) was decided.
-    stop: CancellationToken,
-    stop_reason: Mutex<Option<Stop>>,
+    phase: watch::Sender<Phase>,
     stop_requested: AtomicBool,
     /// Cancelled when the drain begins.
     draining: CancellationToken,
     /// The control server stops accepting: at the handover (before the restart is answered) or
-    /// at a stop.
-    control_stop: CancellationToken,
+    /// at a stop. Renewed by a rollback.
+    control_stop: Mutex<CancellationToken>,
     connections: Connections,
     /// The service's own tasks the drain waits for (the control server).
     internal: TaskTracker,
@@ -135,6 +153,8 @@ struct Inner {
     status_text: Mutex<Option<StatusText>>,
     encode: EncodeState,
     fd_store: bool,
+    /// Earlier generations that may still be draining (checked by pid and start time).
+    retired: Vec<Retired>,
 }
 
 /// A ready service: its restarts, its stop, and its connections.
@@ -193,6 +213,7 @@ impl Running {
             signals,
             encode,
             fd_store,
+            retired,
         } = parts;
         let draining = CancellationToken::new();
         let connections = Connections {
@@ -204,14 +225,13 @@ impl Running {
         };
         let started_at = restart_socket::unix_millis(SystemTime::now());
         let inner = Arc::new(Inner {
-            control_stop: upgrader.upgraded().child_token(),
+            control_stop: Mutex::new(upgrader.upgraded().child_token()),
             upgrader,
             settings,
             generation,
             predecessor,
             started_at,
-            stop: CancellationToken::new(),
-            stop_reason: Mutex::new(None),
+            phase: watch::Sender::new(Phase::Serving),
             stop_requested: AtomicBool::new(false),
             draining,
             connections,
@@ -226,14 +246,22 @@ impl Running {
             status_text: Mutex::new(None),
             encode,
             fd_store,
+            retired,
         });
         let running = Running { inner };
         if let Some(server) = control {
             running.serve_control(server);
         }
-        tokio::spawn(running.clone().watch(signals));
+        tokio::spawn(running.clone().lifecycle(signals));
         tokio::spawn(running.clone().report());
+        if let Some(exe) = running.inner.settings.watch_executable.clone() {
+            tokio::spawn(super::exe::watch(running.clone(), exe));
+        }
         running
+    }
+
+    fn phase(&self) -> Phase {
+        *self.inner.phase.borrow()
     }
 
     /// `STATUS=` every few seconds and `WATCHDOG=1` at half of `WATCHDOG_USEC`, from the runtime
@@ -249,12 +277,15 @@ impl Running {
         let stopped = self.stopped();
         tokio::pin!(stopped);
         loop {
-            let text = self.status_line("serving");
-            let mut states = vec![sd_notify::NotifyState::Status(&text)];
-            if watchdog.is_some() {
-                states.push(sd_notify::NotifyState::Watchdog);
+            // Only the main process speaks for the service; in a rollback window it is not.
+            if self.phase() == Phase::Serving {
+                let text = self.status_line("serving");
+                let mut states = vec![sd_notify::NotifyState::Status(&text)];
+                if watchdog.is_some() {
+                    states.push(sd_notify::NotifyState::Watchdog);
+                }
+                notify::send(&states);
             }
-            notify::send(&states);
             tokio::select! {
                 _ = &mut stopped => return,
                 () = tokio::time::sleep(period) => {}
@@ -303,7 +334,7 @@ impl Running {
                 }
             }
         };
-        let stop = self.inner.control_stop.clone();
+        let stop = self.inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner).clone();
         // Tracked, so that the answer to the restart that replaces us goes out before we exit.
         self.inner.internal.spawn(async move {
             if let Err(err) = server.serve(restart, status, stop).await {
@@ -312,48 +343,135 @@ impl Running {
         });
     }
 
-    /// Acts on signals, and lets go of the state-directory lock the moment a successor took over.
-    async fn watch(self, mut signals: mpsc::UnboundedReceiver<SignalKind>) {
-        let upgraded = self.inner.upgrader.upgraded();
+    /// The service's own loop: signals, the handover, the rollback window.
+    async fn lifecycle(self, mut signals: mpsc::UnboundedReceiver<SignalKind>) {
+        let mut phases = self.inner.phase.subscribe();
+        let mut exits = self.inner.upgrader.successor_exit();
+        let mut window_end = tokio::time::Instant::now();
         loop {
-            let kind = tokio::select! {
-                () = upgraded.cancelled() => {
-                    // The successor holds the lock through its own descriptor of the same open
-                    // file description: ours only keeps it held should the successor die.
-                    let lock = self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
-                    if let Some(lock) = lock {
-                        drop(lock.export());
+            let phase = *phases.borrow_and_update();
+            match phase {
+                Phase::Done(_) => return,
+                Phase::Serving => {
+                    let upgraded = self.inner.upgrader.upgraded();
+                    tokio::select! {
+                        () = upgraded.cancelled() => {
+                            let successor = self.inner.upgrader.successor().unwrap_or_default();
+                            match self.inner.settings.rollback_window {
+                                Some(window) if !self.inner.stop_requested.load(Ordering::SeqCst) => {
+                                    tracing::info!(successor, ?window, "handed over; standing by for a rollback");
+                                    window_end = tokio::time::Instant::now() + window;
+                                    self.inner.phase.send_replace(Phase::Standby { successor });
+                                }
+                                _ => self.handed_over_for_good(successor),
+                            }
+                        }
+                        kind = signals.recv() => match kind {
+                            Some(kind) => self.on_signal(kind),
+                            None => return,
+                        },
+                        _ = phases.changed() => {}
                     }
-                    return;
                 }
-                kind = signals.recv() => match kind {
-                    Some(kind) => kind,
-                    None => return,
-                },
-            };
-            if self.inner.stop_requested.load(Ordering::SeqCst) {
-                tracing::info!(signal = %signal_name(kind), "already stopping; signal ignored");
-                continue;
-            }
-            // Installed for stop or restart only, and never both (the builder checks).
-            if self.inner.settings.restart_signals.contains(&kind) {
-                tracing::info!(signal = %signal_name(kind), "restarting");
-                let running = self.clone();
-                tokio::spawn(async move {
-                    match running.restart().await {
-                        Ok(pid) => tracing::info!(pid, "handed over"),
-                        Err(err) => tracing::warn!(%err, "restart failed"),
+                Phase::Standby { successor } => {
+                    tokio::select! {
+                        exit = exits.wait_for(|exit| exit.is_some_and(|(pid, _)| pid == successor)) => {
+                            let failed = exit.ok().and_then(|exit| *exit).is_none_or(|(_, reason)| reason != handover::ExitReason::Code(0));
+                            if failed {
+                                self.roll_back(successor);
+                            } else {
+                                // The new process stopped cleanly: the service was stopped.
+                                self.handed_over_for_good(successor);
+                            }
+                        }
+                        () = tokio::time::sleep_until(window_end) => {
+                            tracing::info!(successor, "rollback window over");
+                            self.handed_over_for_good(successor);
+                        }
+                        kind = signals.recv() => match kind {
+                            // Told to stop while standing by: the successor is the service now.
+                            Some(kind) if !self.inner.settings.restart_signals.contains(&kind) => {
+                                tracing::info!(signal = %signal_name(kind), "stopping the standby");
+                                self.handed_over_for_good(successor);
+                            }
+                            Some(kind) => tracing::info!(signal = %signal_name(kind), "handed over; restart signal ignored"),
+                            None => return,
+                        },
+                        _ = phases.changed() => {}
                     }
-                });
-            } else {
-                tracing::info!(signal = %signal_name(kind), "stopping");
-                tokio::spawn(self.clone().request_stop(Stop::Signal(kind)));
+                }
             }
         }
     }
 
+    fn on_signal(&self, kind: SignalKind) {
+        if self.inner.stop_requested.load(Ordering::SeqCst) {
+            tracing::info!(signal = %signal_name(kind), "already stopping; signal ignored");
+            return;
+        }
+        // Installed for stop or restart only, and never both (the builder checks).
+        if self.inner.settings.restart_signals.contains(&kind) {
+            tracing::info!(signal = %signal_name(kind), "restarting");
+            let running = self.clone();
+            tokio::spawn(async move {
+                match running.restart().await {
+                    Ok(pid) => tracing::info!(pid, "handed over"),
+                    Err(err) => tracing::warn!(%err, "restart failed"),
+                }
+            });
+        } else {
+            tracing::info!(signal = %signal_name(kind), "stopping");
+            tokio::spawn(self.clone().request_stop(Stop::Signal(kind)));
+        }
+    }
+
+    /// The successor is the service for good: let go of the lock (the successor holds it through
+    /// its own descriptor of the same open file description) and of what was kept for a rollback.
+    fn handed_over_for_good(&self, successor: u32) {
+        let lock = self.inner.lock.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(lock) = lock {
+            drop(lock.export());
+        }
+        self.inner.upgrader.release_retained();
+        self.inner.phase.send_replace(Phase::Done(Stop::HandedOver { pid: successor }));
+    }
+
+    /// The successor died in the rollback window: this process serves again.
+    fn roll_back(&self, successor: u32) {
+        let inner = &self.inner;
+        if let Err(err) = inner.upgrader.roll_back() {
+            tracing::error!(%err, "cannot roll back; draining");
+            self.handed_over_for_good(successor);
+            return;
+        }
+        if let Some(lock) = inner.lock.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
+            && let Err(err) = lock.reassert()
+        {
+            tracing::error!(%err, "the state directory's lock file changed while standing by");
+        }
+        *inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner) =
+            inner.upgrader.upgraded().child_token();
+        if let Some(handle) = &inner.control {
+            drop(inner.upgrader.unregister(CONTROL_FD));
+            match restart_socket::Server::resume(handle, inner.settings.control_config.clone()) {
+                Ok(server) => self.serve_control(server),
+                Err(err) => tracing::error!(%err, "cannot serve the control socket again"),
+            }
+        }
+        tracing::warn!(
+            successor,
+            generation = inner.generation,
+            "rolled back: the successor died, this process serves again"
+        );
+        inner.phase.send_replace(Phase::Serving);
+    }
+
     async fn request_stop(self, reason: Stop) {
         if self.inner.stop_requested.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Phase::Standby { successor } = self.phase() {
+            self.handed_over_for_good(successor);
             return;
         }
         // A restart in flight is aborted and its new process killed; if it committed first, we
@@ -362,11 +480,10 @@ impl Running {
             tracing::info!(pid, "a successor took over while stopping; draining");
             return;
         }
-        *self.inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
         let text = self.status_line(&format!("stopping ({reason})"));
         notify::send(&[sd_notify::NotifyState::Stopping, sd_notify::NotifyState::Status(&text)]);
-        self.inner.control_stop.cancel();
-        self.inner.stop.cancel();
+        self.inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner).cancel();
+        self.inner.phase.send_replace(Phase::Done(reason));
     }
 
     /// This process's generation (1 for a fresh start, one more at each handover).
@@ -396,19 +513,70 @@ impl Running {
         self.inner.certificates.as_ref()
     }
 
-    /// Resolves when the service must stop serving: a successor took over, or a stop was decided
-    /// (a stop signal, [`Running::stop`]). Stop accepting then (drop the listeners) and
+    /// Resolves when the service must stop serving for good: a successor took over (and, with a
+    /// rollback window, the window passed without a rollback), or a stop was decided (a stop
+    /// signal, [`Running::stop`]). Stop accepting then (drop the listeners) and
     /// [`drain`](Running::drain). The future borrows nothing: keep it pinned across an accept
-    /// loop.
+    /// loop. With a rollback window, accept through [`Running::accept`] (or the HTTP helpers),
+    /// which also pause during the window.
     pub fn stopped(&self) -> impl std::future::Future<Output = Stop> + Send + 'static {
-        let inner = Arc::clone(&self.inner);
+        let mut phases = self.inner.phase.subscribe();
         async move {
-            let upgraded = inner.upgrader.upgraded();
-            tokio::select! {
-                biased;
-                () = upgraded.cancelled() => Stop::HandedOver { pid: inner.upgrader.successor().unwrap_or_default() },
-                () = inner.stop.cancelled() => {
-                    inner.stop_reason.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or(Stop::Requested)
+            loop {
+                if let Phase::Done(reason) = *phases.borrow_and_update() {
+                    return reason;
+                }
+                if phases.changed().await.is_err() {
+                    return Stop::Requested;
+                }
+            }
+        }
+    }
+
+    /// Whether this process should accept connections now: true while it is the main process,
+    /// false in a rollback window and once it must stop.
+    pub fn is_accepting(&self) -> bool {
+        self.phase() == Phase::Serving
+    }
+
+    /// The next connection on `listener` while this process serves; `None` once it must stop
+    /// accepting for good (then drop the listener and [`drain`](Running::drain)). In a rollback
+    /// window it waits without accepting, and goes on if the successor dies. Accept errors (out of
+    /// file descriptors) are logged and retried after a short pause.
+    ///
+    /// ```no_run
+    /// # async fn f(running: lifeline::service::Running, listener: tokio::net::TcpListener) {
+    /// let connections = running.connections();
+    /// while let Some((stream, _peer)) = running.accept(&listener).await {
+    ///     connections.spawn(stream, |io| async move { /* serve the connection */ drop(io) });
+    /// }
+    /// drop(listener);
+    /// running.drain().await;
+    /// # }
+    /// ```
+    pub async fn accept<L: super::Accept>(&self, listener: &L) -> Option<L::Connection> {
+        let mut phases = self.inner.phase.subscribe();
+        loop {
+            let phase = *phases.borrow_and_update();
+            match phase {
+                Phase::Done(_) => return None,
+                Phase::Standby { .. } => {
+                    if phases.changed().await.is_err() {
+                        return None;
+                    }
+                }
+                Phase::Serving => {
+                    tokio::select! {
+                        biased;
+                        _ = phases.changed() => {}
+                        accepted = listener.accept_one() => match accepted {
+                            Ok(connection) => return Some(connection),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "accept failed");
+                                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                            }
+                        },
+                    }
                 }
             }
         }
@@ -435,6 +603,13 @@ impl Running {
         }
         if inner.stop_requested.load(Ordering::SeqCst) {
             return Err(handover::Error::Stopping.into());
+        }
+        if let Some(limit) = inner.settings.max_retired {
+            let alive = inner.retired.iter().filter(|r| r.is_alive()).count();
+            if alive >= limit {
+                tracing::warn!(alive, limit, "restart refused: too many earlier generations still draining");
+                return Err(Error::TooManyRetired { alive, limit });
+            }
         }
         let result = self.hand_over().await;
         if result.is_err()
@@ -471,7 +646,7 @@ impl Running {
         let reason = self.stopped().await;
         let inner = &self.inner;
         inner.draining.cancel();
-        inner.control_stop.cancel();
+        inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner).cancel();
         let handed_over = matches!(reason, Stop::HandedOver { .. });
         let hard_deadline =
             inner.settings.drain_deadline.map(|d| inner.settings.drain_timeout.saturating_add(d));

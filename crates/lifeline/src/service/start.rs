@@ -89,6 +89,10 @@ pub struct Starting<S: ServiceState> {
     /// Whether a state was taken from systemd's fd store (removed from it after the commit).
     took_stored_state: bool,
     fd_store: bool,
+    /// Earlier generations that may still be draining.
+    retired: Vec<super::retired::Retired>,
+    /// s6/dinit readiness: a newline once ready (fresh start only).
+    ready_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl<S: ServiceState> Starting<S> {
@@ -150,9 +154,11 @@ impl<S: ServiceState> Starting<S> {
         {
             carried = read_stored::<S>(&fd, builder.handover.state_limit);
         }
-        let (generation, state) = match carried {
-            Some(carried) => (carried.generation.saturating_add(1), Some(carried.decode::<S>()?)),
-            None => (1, None),
+        let (generation, state, retired) = match carried {
+            Some(carried) => {
+                (carried.generation.saturating_add(1), Some(carried.decode::<S>()?), carried.retired)
+            }
+            None => (1, None, Vec::new()),
         };
 
         // 8. What a successor will get.
@@ -173,12 +179,24 @@ impl<S: ServiceState> Starting<S> {
             notify::check()?;
         }
 
+        let ready_fd = match builder.ready_fd {
+            Some(fd) if !successor => Some(adopt_ready_fd(fd)?),
+            _ => None,
+        };
         let settings = Settings {
             drain_timeout: builder.drain_timeout,
             drain_deadline: builder.drain_deadline,
             quiet: builder.quiet_period,
             pid_file: builder.handover.pid_file.clone(),
             restart_signals: builder.restart_signals.clone(),
+            rollback_window: builder.rollback_window,
+            max_retired: builder.max_retired,
+            control_config: builder
+                .control
+                .as_ref()
+                .map(|(_, config)| config.clone().with_restart_on_sigusr1(false))
+                .unwrap_or_default(),
+            watch_executable: builder.restart_on_exe_change.then(|| handover.executable().to_owned()),
         };
         tracing::debug!(generation, successor, "service set up; not ready yet");
         Ok(Starting {
@@ -198,6 +216,8 @@ impl<S: ServiceState> Starting<S> {
             to_store,
             took_stored_state,
             fd_store: builder.fd_store,
+            retired,
+            ready_fd,
         })
     }
 
@@ -306,11 +326,19 @@ impl<S: ServiceState> Starting<S> {
             to_store,
             took_stored_state,
             fd_store,
+            retired,
+            ready_fd,
         } = self;
         let predecessor = handover.predecessor();
         fault::check("commit", predecessor.is_some())?;
-        let encode: super::running::EncodeState =
-            std::sync::Arc::new(move || Carried::encode(generation, &snapshot()));
+        let inherited = retired.clone();
+        let encode: super::running::EncodeState = std::sync::Arc::new(move || {
+            // The successor's earlier generations: ours still alive, and this process.
+            let mut retired: Vec<_> =
+                inherited.iter().copied().filter(super::retired::Retired::is_alive).collect();
+            retired.extend(super::retired::Retired::me());
+            Carried::encode(generation, &snapshot(), retired)
+        });
         let lifecycle = Lifecycle { encode: encode.clone() };
         let upgrader = handover.ready(lifecycle).await?;
         // Committed. Nothing below can fail: what was adopted is ours now.
@@ -319,6 +347,12 @@ impl<S: ServiceState> Starting<S> {
             server.listener().claim();
         }
         super::running::fd_store_after_commit(&to_store, took_stored_state);
+        if let Some(fd) = ready_fd {
+            let mut pipe = std::fs::File::from(fd);
+            if let Err(err) = std::io::Write::write_all(&mut pipe, b"\n") {
+                tracing::warn!(%err, "cannot write the readiness newline");
+            }
+        }
         drop(to_store);
         let mut socket_files = std::mem::take(&mut fresh_files.0);
         socket_files.extend(inherited_files);
@@ -337,6 +371,7 @@ impl<S: ServiceState> Starting<S> {
             signals,
             encode,
             fd_store,
+            retired,
         }))
     }
 }
@@ -367,6 +402,22 @@ fn control_socket(
         Some(fd) => restart_socket::Server::adopt(fd, path, config).map_err(control_error)?,
         None => restart_socket::Server::bind(path, config).map_err(control_error)?,
     }))
+}
+
+/// Takes the s6/dinit readiness descriptor: it must be open; it is made close-on-exec so that no
+/// child (a successor) inherits it.
+fn adopt_ready_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, Error> {
+    let invalid = |reason: String| Error::Config { reason: format!("readiness fd {fd}: {reason}") };
+    // SAFETY: F_GETFD only reads the descriptor flags; an unopened number yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(invalid(std::io::Error::last_os_error().to_string()));
+    }
+    // SAFETY: the number is open (checked above) and was handed to this process by its
+    // supervisor for exactly this purpose; the builder takes it once, in `start`.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| invalid(e.to_string()))?;
+    Ok(owned)
 }
 
 /// Duplicates of the listeners, for systemd's fd store.

@@ -54,11 +54,17 @@ pub(crate) struct Carried {
     pub(crate) app_version: u32,
     /// The sender's state, postcard-encoded.
     pub(crate) app: Vec<u8>,
+    /// Earlier generations that may still be draining, the sender included.
+    pub(crate) retired: Vec<super::retired::Retired>,
 }
 
 impl Carried {
-    pub(crate) fn encode<S: ServiceState>(generation: u64, state: &S) -> Result<Carried, postcard::Error> {
-        Ok(Carried { generation, app_version: S::VERSION, app: postcard::to_stdvec(state)? })
+    pub(crate) fn encode<S: ServiceState>(
+        generation: u64,
+        state: &S,
+        retired: Vec<super::retired::Retired>,
+    ) -> Result<Carried, postcard::Error> {
+        Ok(Carried { generation, app_version: S::VERSION, app: postcard::to_stdvec(state)?, retired })
     }
 
     /// The application's state as `S`, converted by [`ServiceState::from_version`] when the
@@ -96,7 +102,7 @@ mod tests {
     #[test]
     fn a_state_round_trips_with_the_generation() {
         let state = V2 { served: 7, name: "x".into() };
-        let carried = Carried::encode(3, &state).unwrap();
+        let carried = Carried::encode(3, &state, Vec::new()).unwrap();
         let bytes = postcard::to_stdvec(&carried).unwrap();
         let back: Carried = postcard::from_bytes(&bytes).unwrap();
         assert_eq!(back.generation, 3);
@@ -105,9 +111,14 @@ mod tests {
 
     #[test]
     fn an_older_version_is_converted_or_refused() {
-        let v1 = Carried { generation: 1, app_version: 1, app: postcard::to_stdvec(&41u64).unwrap() };
+        let v1 = Carried {
+            generation: 1,
+            app_version: 1,
+            app: postcard::to_stdvec(&41u64).unwrap(),
+            retired: vec![],
+        };
         assert_eq!(v1.decode::<V2>().unwrap(), V2 { served: 41, name: "migrated".into() });
-        let v9 = Carried { generation: 1, app_version: 9, app: Vec::new() };
+        let v9 = Carried { generation: 1, app_version: 9, app: Vec::new(), retired: vec![] };
         let err = v9.decode::<V2>().unwrap_err();
         assert!(matches!(err, Error::StateVersion { found: 9, expected: 2 }), "{err:?}");
         assert!(matches!(v9.decode::<()>(), Err(Error::StateVersion { found: 9, expected: 0 })));
@@ -117,7 +128,7 @@ mod tests {
         /// A hostile predecessor's payload decodes to a value or a typed error, never a panic.
         #[test]
         fn arbitrary_payloads_never_panic(version in 0u32..4, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let carried = Carried { generation: 0, app_version: version, app: payload };
+            let carried = Carried { generation: 0, app_version: version, app: payload, retired: vec![] };
             let _ = carried.decode::<V2>();
             let _ = carried.decode::<()>();
         }
