@@ -55,11 +55,16 @@ struct Fixture {
 
 impl Fixture {
     fn start(configure: impl FnOnce(&Path, &mut Command)) -> Fixture {
+        Fixture::start_exe(Path::new(FIXTURE), configure)
+    }
+
+    /// [`Fixture::start`] with another copy of the fixture binary.
+    fn start_exe(exe: &Path, configure: impl FnOnce(&Path, &mut Command)) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new("service test CA");
         ca.issue(&LeafSpec::new(1)).write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"));
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        let mut cmd = Command::new(FIXTURE);
+        let mut cmd = Command::new(exe);
         cmd.arg("--state-dir").arg(dir.path().join("state"));
         cmd.arg("--control").arg(dir.path().join("control"));
         cmd.arg("--cert").arg(dir.path().join("cert.pem"));
@@ -126,9 +131,14 @@ impl Fixture {
     }
 
     fn answered_by(&self) -> u32 {
+        self.try_answered_by().expect("an answer")
+    }
+
+    /// Which process answers a new connection; `None` if the request failed (a crashing process).
+    fn try_answered_by(&self) -> Option<u32> {
         let config = lifeline_tests::https::client_config(&self.ca.cert_der);
-        let body = lifeline_tests::https::get(self.https, &config, "/").unwrap();
-        field(&body, "pid").parse().unwrap()
+        let body = lifeline_tests::https::get(self.https, &config, "/").ok()?;
+        field(&body, "pid").parse().ok()
     }
 }
 
@@ -471,4 +481,137 @@ async fn the_fd_store_keeps_the_listener_and_the_state_across_a_stop_and_start()
     stderr.wait("dropping the state kept in the fd store");
     kill(Pid::from_raw(next.id() as i32), Signal::SIGKILL).unwrap();
     next.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_crashes_in_the_rollback_window_hands_the_service_back_to_its_predecessor() {
+    let mut fixture = Fixture::start(|dir, cmd| {
+        cmd.args(["--rollback-window-ms", "60000"]).arg("--pid-file").arg(dir.join("service.pid"));
+    });
+    let (old, lock, pid_file) =
+        (fixture.pid, fixture.path("state/.lifeline.lock"), fixture.path("service.pid"));
+    let keep_alive = fixture.load(true);
+    let new_connections = fixture.load(false);
+    keep_alive.wait_for_more(20).await;
+    new_connections.wait_for_more(20).await;
+
+    fixture.set_mode("crash-after-ready-ms=1000");
+    let new = fixture.restart().await.expect("the successor becomes ready");
+    // The successor serves alone (the predecessor stands by and accepts nothing)...
+    lifeline_tests::wait_until("the successor to answer", || fixture.try_answered_by() == Some(new)).await;
+    // ... crashes a second after it became ready, and the predecessor serves again.
+    lifeline_tests::wait_until("the successor to crash", || is_dead(new)).await;
+    lifeline_tests::wait_until("the predecessor to serve again", || fixture.try_answered_by() == Some(old))
+        .await;
+    fixture.stderr.wait("rolled back: the successor died, this process serves again");
+    assert_eq!(fixture.status_pid().await, old, "the control socket is the predecessor's again");
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap().trim(), old.to_string());
+    assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), old.to_string());
+    assert!(locked(&lock));
+    keep_alive.wait_for_more(20).await;
+    new_connections.wait_for_more(20).await;
+
+    // It can hand over again later.
+    fixture.set_mode("ok");
+    let next = fixture.restart().await.expect("a good successor takes over after the rollback");
+    lifeline_tests::wait_until("the next successor to answer", || fixture.answered_by() == next).await;
+    keep_alive.wait_for_more(20).await;
+    let samples: Vec<Sample> =
+        keep_alive.stop().await.into_iter().chain(new_connections.stop().await).collect();
+    // Only requests in flight on the crashed process may fail: at most one per client (4).
+    let failed = failures(&samples);
+    assert!(failed.len() <= 4, "{} of {} requests failed: {failed:#?}", failed.len(), samples.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_rollback_window_the_predecessor_drains_and_exits() {
+    let mut fixture = Fixture::start(|_, cmd| {
+        cmd.args(["--rollback-window-ms", "1000"]);
+    });
+    let old = fixture.pid;
+    let new = fixture.restart().await.unwrap();
+    // Standing by: alive, but every new connection goes to the successor.
+    for _ in 0..20 {
+        assert_eq!(fixture.answered_by(), new);
+    }
+    fixture.stdout.wait(&format!("exit pid={old} handed over to pid {new}"));
+    lifeline_tests::wait_until("the predecessor to exit", || is_dead(old)).await;
+    assert_eq!(fixture.answered_by(), new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retired_generations_are_capped_and_a_drain_that_never_ends_is_cut_at_its_deadline() {
+    let mut fixture = Fixture::start(|_, cmd| {
+        cmd.args(["--max-retired", "2", "--drain-ms", "60000"]);
+    });
+    let config = lifeline_tests::https::client_config(&fixture.ca.cert_der);
+    let mut holders = Vec::new();
+    let mut refused = Vec::new();
+    for round in 0..5 {
+        // A request that keeps the current process draining for a minute once it hands over.
+        let (addr, config) = (fixture.https, config.clone());
+        let mark = fixture.stdout.mark();
+        holders
+            .push(std::thread::spawn(move || lifeline_tests::https::get(addr, &config, "/delay?ms=60000")));
+        fixture.stdout.wait_after(mark, &format!("delay pid={}", fixture.pid));
+        match fixture.restart().await {
+            Ok(_) => {}
+            Err(reason) => refused.push((round, reason)),
+        }
+        let alive = fixture.pids[..fixture.pids.len() - 1].iter().filter(|pid| !is_dead(**pid)).count();
+        assert!(alive <= 2, "{alive} retired generations alive after restart {round}");
+    }
+    assert_eq!(fixture.pids.len(), 3, "two restarts went through: {:?}", fixture.pids);
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    for (_, reason) in &refused {
+        assert!(
+            reason.ends_with("restart refused: 2 earlier generations are still draining (limit 2)"),
+            "{reason}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_executable_installed_at_the_path_takes_over_and_a_broken_one_is_refused() {
+    let bin = tempfile::tempdir().unwrap();
+    let exe = bin.path().join("service-server");
+    std::fs::copy(FIXTURE, &exe).unwrap();
+    let install = |source: &Path| {
+        let staged = bin.path().join(".staged");
+        std::fs::copy(source, &staged).unwrap();
+        std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&staged, &exe).unwrap();
+    };
+    let mut fixture = Fixture::start_exe(&exe, |_, cmd| {
+        cmd.arg("--exe-watch");
+    });
+    fixture.stderr.wait("restarting when the executable changes");
+    install(Path::new(FIXTURE));
+    let line = fixture.stdout.wait("generation=2");
+    let second: u32 = field(&line, "pid").parse().unwrap();
+    assert_eq!(std::fs::read_link(format!("/proc/{second}/exe")).unwrap(), exe);
+    fixture.pids.push(second);
+
+    let broken = bin.path().join("broken");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    let mark = fixture.stderr.mark();
+    install(&broken);
+    fixture.stderr.wait_after(mark, "the new executable did not take over");
+    assert_eq!(fixture.answered_by(), second, "the running generation serves on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readiness_fd_gets_a_newline_once_ready_and_is_closed() {
+    use std::io::Read as _;
+    let (read, write) = nix::unistd::pipe().unwrap();
+    let write_fd = std::os::fd::AsRawFd::as_raw_fd(&write);
+    let mut fixture = Fixture::start(|_, cmd| {
+        cmd.arg("--ready-fd").arg(write_fd.to_string());
+    });
+    drop(write);
+    let mut got = Vec::new();
+    std::fs::File::from(read).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"\n", "one newline, then the descriptor is closed");
+    // A successor (which s6 and dinit do not know) does not need it.
+    fixture.restart().await.unwrap();
 }

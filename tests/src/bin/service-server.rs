@@ -4,14 +4,16 @@
 //! ```text
 //! service-server --state-dir DIR --control SOCKET --cert FILE --key FILE --mode-file FILE
 //!                [--pid-file FILE] [--unix PATH] [--udp] [--drain-ms N] [--ready-timeout-ms N]
-//!                [--fd-store]
+//!                [--fd-store] [--rollback-window-ms N] [--max-retired N] [--exe-watch]
+//!                [--ready-fd N]
 //! ```
 //!
 //! HTTPS on 127.0.0.1 (`GET /` answers `pid=<pid> generation=<g> served=<n>`); with `--unix`, the
 //! same over plain HTTP on a unix socket; with `--udp`, a UDP echo of `pid=<pid>`. The mode file is
 //! read at start-up: `fail-at=<step>` (sets `LIFELINE_FAIL_AT`, so this process fails at that
 //! start-up step if it is a successor), `state-version=<n>` (reads state of version n), `hang`
-//! (never becomes ready; writes `pid=<pid>` to `FILE.hung`), anything else: behave. Prints
+//! (never becomes ready; writes `pid=<pid>` to `FILE.hung`), `crash-after-ready-ms=<n>` (aborts n
+//! ms after it is ready), anything else: behave. `GET /delay?ms=N` answers after N ms. Prints
 //! `ready pid=<pid> generation=<g> https=<addr> udp=<addr>` once ready, `exit pid=<pid> <how>` at
 //! the end.
 
@@ -60,6 +62,10 @@ struct Args {
     drain_ms: Option<u64>,
     ready_timeout_ms: Option<u64>,
     fd_store: bool,
+    rollback_window_ms: Option<u64>,
+    max_retired: Option<usize>,
+    exe_watch: bool,
+    ready_fd: Option<i32>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -77,6 +83,10 @@ fn parse_args() -> anyhow::Result<Args> {
             "--unix" => args.unix = Some(value()?.into()),
             "--udp" => args.udp = true,
             "--fd-store" => args.fd_store = true,
+            "--rollback-window-ms" => args.rollback_window_ms = Some(value()?.parse()?),
+            "--max-retired" => args.max_retired = Some(value()?.parse()?),
+            "--exe-watch" => args.exe_watch = true,
+            "--ready-fd" => args.ready_fd = Some(value()?.parse()?),
             "--drain-ms" => args.drain_ms = Some(value()?.parse()?),
             "--ready-timeout-ms" => args.ready_timeout_ms = Some(value()?.parse()?),
             other => bail!("unknown argument {other}"),
@@ -173,6 +183,16 @@ async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
     if let Some(ms) = args.ready_timeout_ms {
         builder = builder.ready_timeout(std::time::Duration::from_millis(ms));
     }
+    if let Some(ms) = args.rollback_window_ms {
+        builder = builder.rollback_window(std::time::Duration::from_millis(ms));
+    }
+    if let Some(limit) = args.max_retired {
+        builder = builder.max_retired(limit);
+    }
+    if let Some(fd) = args.ready_fd {
+        builder = builder.ready_fd(fd);
+    }
+    builder = builder.restart_on_exe_change(args.exe_watch);
     let mut starting = builder.start::<S>().await?;
     if mode == "hang" {
         let mut record = args.mode_file.clone().into_os_string();
@@ -196,9 +216,30 @@ async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
         https.local_addr()?,
         udp_addr.map_or_else(|| "-".to_owned(), |a| a.to_string())
     );
-    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+    if let Some(ms) = mode.strip_prefix("crash-after-ready-ms=") {
+        let ms: u64 = ms.parse()?;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            eprintln!("service-server: crashing as the mode file says");
+            std::process::abort();
+        });
+    }
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let served = served.clone();
+        let delay = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|ms| ms.parse().ok())
+            .filter(|_| req.uri().path() == "/delay")
+            .map(std::time::Duration::from_millis);
         async move {
+            if let Some(delay) = delay {
+                // The test waits for this line: the request is in progress here.
+                println!("delay pid={} ms={}", std::process::id(), delay.as_millis());
+                tokio::time::sleep(delay).await;
+            }
+            let n = served.fetch_add(1, Ordering::SeqCst) + 1;
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(format!(
                 "pid={} generation={generation} served={n}\n",
                 std::process::id()

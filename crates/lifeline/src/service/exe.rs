@@ -42,14 +42,18 @@ pub(crate) async fn watch(running: Running, exe: PathBuf) {
         return tracing::warn!(%err, dir = %dir.display(), "cannot watch the executable's directory");
     }
     tracing::info!(exe = %exe.display(), "restarting when the executable changes");
-    // The file this process runs (or the last one tried): only another one triggers a restart.
-    let mut current = installed(&exe);
+    // The file this process runs (the kernel keeps it even once replaced), or the last one tried:
+    // only another one triggers a restart — also one installed before the watch began.
+    let mut current = std::fs::metadata("/proc/self/exe").ok().map(|meta| (meta.dev(), meta.ino()));
     let stopped = running.stopped();
     tokio::pin!(stopped);
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = &mut stopped => return,
-            event = events.recv() => if event.is_none() { return },
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = &mut stopped => return,
+                event = events.recv() => if event.is_none() { return },
+            }
         }
         // Let the installation finish: no event for a moment.
         loop {

@@ -121,6 +121,7 @@ pub(crate) struct Parts {
     pub(crate) certificates: Option<certwatch::CertWatcher>,
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
     pub(crate) encode: EncodeState,
+    pub(crate) lineage: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) fd_store: bool,
     pub(crate) retired: Vec<Retired>,
 }
@@ -152,6 +153,8 @@ struct Inner {
     /// The application's part of `STATUS=` ([`Running::set_status`]).
     status_text: Mutex<Option<StatusText>>,
     encode: EncodeState,
+    /// The generation a successor counts from (see `Starting::ready`).
+    lineage: Arc<std::sync::atomic::AtomicU64>,
     fd_store: bool,
     /// Earlier generations that may still be draining (checked by pid and start time).
     retired: Vec<Retired>,
@@ -212,6 +215,7 @@ impl Running {
             certificates,
             signals,
             encode,
+            lineage,
             fd_store,
             retired,
         } = parts;
@@ -245,6 +249,7 @@ impl Running {
             certificates,
             status_text: Mutex::new(None),
             encode,
+            lineage,
             fd_store,
             retired,
         });
@@ -449,6 +454,8 @@ impl Running {
         {
             tracing::error!(%err, "the state directory's lock file changed while standing by");
         }
+        // The dead successor had the next generation number: the next one gets a new one.
+        inner.lineage.fetch_add(1, Ordering::SeqCst);
         *inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner) =
             inner.upgrader.upgraded().child_token();
         if let Some(handle) = &inner.control {

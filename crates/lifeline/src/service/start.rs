@@ -102,7 +102,10 @@ impl<S: ServiceState> Starting<S> {
         }
         // 1. Adopt what a predecessor (or systemd) passed, before anything else touches fds.
         // The service keeps its own fd store entries (listeners, state; never the lock).
-        let mut handover = Handover::from_env(builder.handover.clone().fd_store(false))?;
+        // With a rollback window, what a successor gets is kept until the window is over.
+        let config =
+            builder.handover.clone().fd_store(false).keep_for_rollback(builder.rollback_window.is_some());
+        let mut handover = Handover::from_env(config)?;
         let successor = handover.predecessor().is_some();
         let step = |name: &'static str| fault::check(name, successor);
 
@@ -183,21 +186,7 @@ impl<S: ServiceState> Starting<S> {
             Some(fd) if !successor => Some(adopt_ready_fd(fd)?),
             _ => None,
         };
-        let settings = Settings {
-            drain_timeout: builder.drain_timeout,
-            drain_deadline: builder.drain_deadline,
-            quiet: builder.quiet_period,
-            pid_file: builder.handover.pid_file.clone(),
-            restart_signals: builder.restart_signals.clone(),
-            rollback_window: builder.rollback_window,
-            max_retired: builder.max_retired,
-            control_config: builder
-                .control
-                .as_ref()
-                .map(|(_, config)| config.clone().with_restart_on_sigusr1(false))
-                .unwrap_or_default(),
-            watch_executable: builder.restart_on_exe_change.then(|| handover.executable().to_owned()),
-        };
+        let settings = settings(&builder, &handover);
         tracing::debug!(generation, successor, "service set up; not ready yet");
         Ok(Starting {
             handover,
@@ -332,12 +321,16 @@ impl<S: ServiceState> Starting<S> {
         let predecessor = handover.predecessor();
         fault::check("commit", predecessor.is_some())?;
         let inherited = retired.clone();
+        // The generation a successor counts from: ours, one more after each rollback (so that a
+        // generation number never names two processes).
+        let lineage = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(generation));
+        let counted = lineage.clone();
         let encode: super::running::EncodeState = std::sync::Arc::new(move || {
             // The successor's earlier generations: ours still alive, and this process.
             let mut retired: Vec<_> =
                 inherited.iter().copied().filter(super::retired::Retired::is_alive).collect();
             retired.extend(super::retired::Retired::me());
-            Carried::encode(generation, &snapshot(), retired)
+            Carried::encode(counted.load(std::sync::atomic::Ordering::SeqCst), &snapshot(), retired)
         });
         let lifecycle = Lifecycle { encode: encode.clone() };
         let upgrader = handover.ready(lifecycle).await?;
@@ -370,6 +363,7 @@ impl<S: ServiceState> Starting<S> {
             certificates: tls.map(|tls| tls.watcher),
             signals,
             encode,
+            lineage,
             fd_store,
             retired,
         }))
@@ -402,6 +396,25 @@ fn control_socket(
         Some(fd) => restart_socket::Server::adopt(fd, path, config).map_err(control_error)?,
         None => restart_socket::Server::bind(path, config).map_err(control_error)?,
     }))
+}
+
+/// What the running service needs to know of the builder.
+fn settings(builder: &Builder, handover: &Handover) -> Settings {
+    Settings {
+        drain_timeout: builder.drain_timeout,
+        drain_deadline: builder.drain_deadline,
+        quiet: builder.quiet_period,
+        pid_file: builder.handover.pid_file.clone(),
+        restart_signals: builder.restart_signals.clone(),
+        rollback_window: builder.rollback_window,
+        max_retired: builder.max_retired,
+        control_config: builder
+            .control
+            .as_ref()
+            .map(|(_, config)| config.clone().with_restart_on_sigusr1(false))
+            .unwrap_or_default(),
+        watch_executable: builder.restart_on_exe_change.then(|| handover.executable().to_owned()),
+    }
 }
 
 /// Takes the s6/dinit readiness descriptor: it must be open; it is made close-on-exec so that no
