@@ -161,7 +161,8 @@ impl Count for Served2 {
     }
 }
 
-async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
+/// The builder as the arguments say.
+fn builder(args: &Args) -> anyhow::Result<Builder> {
     let mut builder = Builder::new()
         .state_dir(&args.state_dir)
         .tcp("https", "127.0.0.1:0".parse()?)
@@ -193,7 +194,11 @@ async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
         builder = builder.ready_fd(fd);
     }
     builder = builder.restart_on_exe_change(args.exe_watch);
-    let mut starting = builder.start::<S>().await?;
+    Ok(builder)
+}
+
+async fn run<S: Count>(args: Args, mode: &str) -> anyhow::Result<()> {
+    let mut starting = builder(&args)?.start::<S>().await?;
     if mode == "hang" {
         let mut record = args.mode_file.clone().into_os_string();
         record.push(".hung");
