@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! https-server --listen ADDR --cert FILE --key FILE --state-dir DIR [--control SOCKET]
-//!              [--ready-timeout D] [--drain-timeout D] [--fd-store]
+//!              [--ready-timeout D] [--drain-timeout D] [--fd-store] [--rollback-window D]
+//!              [--drain-deadline D] [--max-retired N] [--restart-on-exe-change] [--ready-fd N]
 //! ```
 //!
 //! - **dirlock**: holds `DIR/.lifeline.lock`; a second instance on the same DIR exits 75 naming
@@ -17,13 +18,9 @@
 //!   handover sends `MAINPID=<new pid>`, which the supervisor follows.
 //!
 //! `GET /` answers `pid=<pid> generation=<n> served=<count>`; `GET /delay?ms=N` answers the same
-//! after N ms. HTTP/1.1 and HTTP/2 (ALPN). Started by `systemd-socket-activate` (or a systemd
-//! socket unit), it serves on the inherited socket. On start it prints one line to stdout:
-//! `https-server: pid=<pid> generation=<n> listening on <addr>`.
-//!
-//! The served count passes to the successor as a snapshot taken when the successor starts:
-//! requests this process answers while the successor starts and while it drains are not in
-//! the successor's count.
+//! after N ms. HTTP/1.1 and HTTP/2. Started by a systemd socket unit, it serves on that socket. On
+//! start it prints `https-server: pid=<pid> generation=<n> listening on <addr>`. The served count
+//! passes to the successor as a snapshot taken when the successor starts.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -71,13 +68,27 @@ struct Args {
     /// How long in-flight requests may take to finish after a handover or stop.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     drain_timeout: Duration,
-    /// Keep the listener and, at a stop, the state in systemd's fd store (`FileDescriptorStoreMax=`):
-    /// a `systemctl restart` then continues the generation and the served count.
+    /// Keep the listener and, at a stop, the state in systemd's fd store (`systemctl restart`).
     #[arg(long)]
     fd_store: bool,
+    /// After a handover, stand by this long and serve again if the new process dies (0s: never).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    rollback_window: Duration,
+    /// Exit this long after the drain timeout even if something still runs (HAProxy's hard-stop-after).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    drain_deadline: Duration,
+    /// Refuse a restart while this many earlier generations still drain.
+    #[arg(long)]
+    max_retired: Option<usize>,
+    /// Restart when a new executable is installed at this program's path.
+    #[arg(long)]
+    restart_on_exe_change: bool,
+    /// s6/dinit readiness: write a newline to this file descriptor once ready.
+    #[arg(long, value_name = "FD")]
+    ready_fd: Option<i32>,
 }
 
-/// What passes from one generation to the next (the generation itself travels with it).
+/// What passes to the next generation (the generation number travels with it).
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     served: u64,
@@ -122,7 +133,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .tls(&args.cert, &args.key)
         .ready_timeout(args.ready_timeout)
         .drain_timeout(args.drain_timeout)
-        .fd_store(args.fd_store);
+        .drain_deadline(Some(args.drain_deadline))
+        .fd_store(args.fd_store)
+        .rollback_window(args.rollback_window)
+        .restart_on_exe_change(args.restart_on_exe_change);
+    if let Some(limit) = args.max_retired {
+        builder = builder.max_retired(limit);
+    }
+    if let Some(fd) = args.ready_fd {
+        builder = builder.ready_fd(fd);
+    }
     if let Some(control) = &args.control {
         builder = builder.control_socket(control);
     }
@@ -131,12 +151,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let generation = starting.generation();
     let listener = starting.tcp("https")?;
     let acceptor = starting.tls_acceptor().context("TLS is not configured")?;
-    let running = starting
-        .ready({
-            let served = served.clone();
-            move || State { served: served.load(Ordering::SeqCst) }
-        })
-        .await?;
+    let snapshot = served.clone();
+    let running = starting.ready(move || State { served: snapshot.load(Ordering::SeqCst) }).await?;
 
     let address = listener.local_addr()?;
     println!("https-server: pid={} generation={generation} listening on {address}", std::process::id());
