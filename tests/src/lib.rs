@@ -3,6 +3,7 @@
 
 pub mod certs;
 pub mod https;
+pub mod lines;
 pub mod load;
 
 use std::path::PathBuf;
@@ -67,5 +68,15 @@ pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// [`wait_for`] for async tests: polls `check` on the tokio timer until it holds, or panics
+/// naming `what` after [`PATIENCE`].
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -282,7 +282,7 @@ fn a_successor_that_dies_does_not_take_the_lock_with_it() {
     let err = DirLock::acquire(dir.path()).unwrap_err();
     assert!(matches!(err, Error::HeldElsewhere { .. }), "{err:?}");
     // Take it back formally: the file is still the one at the path.
-    let lock = DirLock::adopt(lock.export(), dir.path(), &LockOptions::new()).unwrap();
+    let lock = DirLock::adopt(lock.export(), dir.path(), &LockOptions::new()).unwrap().commit();
     lock.release().unwrap();
     assert!(!lock_file(dir.path()).exists());
 }

@@ -434,6 +434,34 @@ fn concurrent_restart_requests_get_restart_already_in_progress() {
     assert!(server.get().starts_with(&format!("pid={pid} ")));
 }
 
+#[test]
+fn stopping_during_a_handover_kills_the_successor_and_its_children() {
+    let mut server = Server::start(|_, cmd| {
+        cmd.args(["--ready-timeout-ms", "60000"]);
+    });
+    server.set_mode("hang");
+    let restart = std::thread::spawn({
+        let control_path = server.path("control");
+        move || control(&control_path, "restart")
+    });
+    // The successor and its grandchild run, and will not be ready within the test.
+    wait_for("the successor to start", || server.path("mode.pids").exists().then_some(()));
+    let record = std::fs::read_to_string(server.path("mode.pids")).unwrap();
+    let child: u32 = field(&record, "child").parse().unwrap();
+    let grandchild: u32 = field(&record, "grandchild").parse().unwrap();
+    assert!(!is_dead(child) && !is_dead(grandchild));
+
+    kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(restart.join().unwrap(), "err restart aborted: the service is stopping");
+    server.stdout.wait(&format!("stopping pid={}", server.pid));
+    server.stdout.wait(&format!("exit pid={}", server.pid));
+    let status = server.first.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // Reaped by the stopping process before it answered: nothing of the handover is left.
+    assert!(is_dead(child), "the successor {child} outlived the stop");
+    wait_for("the grandchild to be killed", || is_dead(grandchild).then_some(()));
+}
+
 /// A port that was free a moment ago (bind port 0, close).
 fn free_port(udp: bool) -> u16 {
     if udp {
@@ -555,11 +583,31 @@ fn notify_socket_gets_ready_fd_store_and_each_new_main_pid() {
     assert_eq!(fds.len(), 1);
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{}\n", server.pid));
 
+    // A failed upgrade ends the reload with READY=1 from the old process.
+    server.set_mode("crash");
+    server.restart().expect_err("the successor crashes");
+    assert!(recv_notify(&sock).0.starts_with("RELOADING=1\n"));
+    assert_eq!(recv_notify(&sock).0, "READY=1\n");
+    server.set_mode("ok");
     for _ in 0..2 {
         let new_pid = server.restart().unwrap();
-        // From the old process, still the main one; the successor sends no READY=1 of its own.
+        // From the old process, still the main one: the reload begins (what Type=notify-reload
+        // needs: RELOADING=1 with the monotonic time, and time for the successor)...
+        let (msg, _) = recv_notify(&sock);
+        let lines: Vec<&str> = msg.lines().collect();
+        assert_eq!(lines.len(), 3, "{msg:?}");
+        assert_eq!(lines[0], "RELOADING=1");
+        assert!(
+            lines[1].strip_prefix("MONOTONIC_USEC=").is_some_and(|v| v.parse::<u64>().is_ok()),
+            "{msg:?}"
+        );
+        assert!(
+            lines[2].strip_prefix("EXTEND_TIMEOUT_USEC=").is_some_and(|v| v.parse::<u64>().is_ok()),
+            "{msg:?}"
+        );
+        // ... and ends with the new main pid, ready; the successor sends no READY=1 of its own.
         let (msg, fds) = recv_notify(&sock);
-        assert_eq!(msg, format!("MAINPID={new_pid}\n"));
+        assert_eq!(msg, format!("MAINPID={new_pid}\nREADY=1\n"));
         assert!(fds.is_empty());
         assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), format!("{new_pid}\n"));
     }

@@ -39,7 +39,7 @@
 //!
 //! Several directories: [`LockSet::acquire`] canonicalises, de-duplicates and locks them in
 //! sorted order, all or nothing. Handing a held lock to a successor process:
-//! [`DirLock::export`] and [`DirLock::adopt`].
+//! [`DirLock::export`], then [`DirLock::adopt`] and [`Adopted::commit`] in the successor.
 //!
 //! # The protocol
 //!
@@ -75,8 +75,9 @@
 //! - **Descriptors are close-on-exec.** Children you spawn do not inherit a lock. To hand one over
 //!   on purpose, clear `FD_CLOEXEC` in the child only (between `fork` and `exec`), keep the
 //!   `DirLock` until the successor has adopted it, then [`export`](DirLock::export) (never drop)
-//!   it. A successor that gives up after adopting must `export` rather than drop too, or it
-//!   would unlink the file its predecessor still holds. A `fork`ed child without `exec` never
+//!   it. The successor's [`Adopted`] lock changes nothing on disk until it is
+//!   [committed](Adopted::commit), so a successor that gives up while starting cannot unlink the
+//!   file its predecessor still holds. A `fork`ed child without `exec` never
 //!   unlinks its parent's lock file on drop.
 //! - The pid in the file is informative (for messages), never trusted for correctness.
 
@@ -89,7 +90,7 @@ mod primitive;
 mod set;
 
 pub use error::{Error, Result};
-pub use lock::DirLock;
+pub use lock::{Adopted, DirLock};
 pub use options::{DEFAULT_FILE_NAME, LockOptions, MAX_WAIT};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use primitive::OfdLock;

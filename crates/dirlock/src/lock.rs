@@ -184,6 +184,21 @@ impl DirLock {
         unlinked.and(closed)
     }
 
+    /// Checks that the lock file at the path is still the one this lock holds and writes this
+    /// process's pid into it again — for a process that takes a lock back after a successor it
+    /// handed over to died (the file may name the dead one). [`Error::NotTheLockFile`] if the
+    /// file was unlinked or replaced meanwhile: the lock no longer guards the directory.
+    pub fn reassert(&mut self) -> Result<()> {
+        let stat = nix::sys::stat::fstat(&self.fd).map_err(|e| Error::io("stat", &self.unlink.path, e))?;
+        if !lockfile::still_at_path(&self.unlink.path, &stat)? {
+            return Err(Error::NotTheLockFile { path: self.unlink.path.clone() });
+        }
+        let pid = std::process::id();
+        lockfile::write_pid(self.fd.as_fd(), &self.unlink.path, pid, true)?;
+        self.unlink.owner_pid = pid;
+        Ok(())
+    }
+
     /// Gives up ownership of the lock *without* releasing it or unlinking the lock file, and
     /// returns its descriptor, for handing to a successor process that will
     /// [`adopt`](DirLock::adopt) it.
@@ -198,20 +213,37 @@ impl DirLock {
     }
 
     /// Takes over a lock exported by a predecessor ([`DirLock::export`]) and passed to this
-    /// process as `fd`.
+    /// process as `fd` — in two phases, so that a successor that fails while starting can never
+    /// unlink the file its predecessor still holds.
     ///
-    /// Checks, in this order, that `fd` is a regular file; that it holds the lock (a non-blocking
-    /// lock request on `fd` itself succeeds, since the lock belongs to the very open file
-    /// description `fd` refers to, while a lock held through any other description refuses it:
-    /// [`Error::HeldElsewhere`]); and that it is still the file at `dir/<name>` (device and inode,
-    /// else [`Error::NotTheLockFile`]). Then it sets close-on-exec again, writes this process's
-    /// pid into the file, and returns a `DirLock` that unlinks on drop as usual. `options`
-    /// supplies the lock file name and the primitive (it must be the one the lock was taken with);
-    /// its wait is ignored.
+    /// This first phase checks, in this order, that `fd` is a regular file; that it holds the
+    /// lock (a non-blocking lock request on `fd` itself succeeds, since the lock belongs to the
+    /// very open file description `fd` refers to, while a lock held through any other description
+    /// refuses it: [`Error::HeldElsewhere`]); and that it is still the file at `dir/<name>`
+    /// (device and inode, else [`Error::NotTheLockFile`]). It sets close-on-exec again and
+    /// returns an [`Adopted`] lock, which changes nothing on disk: dropping it only closes this
+    /// process's descriptor (the predecessor's keeps the lock). Once this process has taken over
+    /// for good, [`Adopted::commit`] makes it an ordinary [`DirLock`] (its pid in the file,
+    /// unlinked on release). `options` supplies the lock file name and the primitive (it must be
+    /// the one the lock was taken with); its wait is ignored.
     ///
     /// If the lock had been lost meanwhile and nobody else took it, this takes it anew, which is
     /// just as good: the file is verified to be the one at the path *after* locking.
-    pub fn adopt(fd: OwnedFd, dir: impl AsRef<Path>, options: &LockOptions) -> Result<DirLock> {
+    ///
+    /// ```
+    /// # fn main() -> Result<(), dirlock::Error> {
+    /// use dirlock::{DirLock, LockOptions};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// // The predecessor exports its lock (a successor process would inherit the descriptor).
+    /// let fd = DirLock::acquire(dir.path())?.export();
+    /// // The successor verifies it while it starts; nothing is written yet.
+    /// let adopted = DirLock::adopt(fd, dir.path(), &LockOptions::new())?;
+    /// // ... everything else that can fail ...
+    /// let lock: DirLock = adopted.commit(); // now it is ours to release
+    /// lock.release()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn adopt(fd: OwnedFd, dir: impl AsRef<Path>, options: &LockOptions) -> Result<Adopted> {
         let dir = dir.as_ref();
         let path = lockfile::lock_path(dir, options.name())?;
         let stat =
@@ -232,9 +264,51 @@ impl DirLock {
         }
         nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
             .map_err(|e| Error::io("set close-on-exec on", &path, e))?;
+        Ok(Adopted { fd, dir: dir.to_path_buf(), path })
+    }
+}
+
+/// A lock inherited from a predecessor and verified by [`DirLock::adopt`], not yet this
+/// process's own: dropping it closes this process's descriptor and touches nothing else (the
+/// lock file stays, and the lock stays held through the predecessor's descriptor).
+///
+/// [`commit`](Adopted::commit) it once this process has taken over.
+#[derive(Debug)]
+pub struct Adopted {
+    fd: OwnedFd,
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl Adopted {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes the lock this process's own: writes this process's pid into the lock file and
+    /// returns a [`DirLock`] that unlinks the file when released or dropped.
+    ///
+    /// It cannot fail: the pid in the file is informative only, so a failed write is logged
+    /// (`tracing` warning) and the lock is held all the same.
+    pub fn commit(self) -> DirLock {
+        let Adopted { fd, dir, path } = self;
         let pid = std::process::id();
-        lockfile::write_pid(fd.as_fd(), &path, pid, true)?;
-        Ok(DirLock::from_parts(fd, dir.to_path_buf(), path, pid))
+        if let Err(err) = lockfile::write_pid(fd.as_fd(), &path, pid, true) {
+            tracing::warn!(path = %path.display(), %err, "cannot write our pid into the adopted lock file");
+        }
+        DirLock::from_parts(fd, dir, path, pid)
+    }
+
+    /// Gives the descriptor back without committing (e.g. to pass the lock on unchanged).
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+}
+
+impl AsFd for Adopted {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

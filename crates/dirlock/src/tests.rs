@@ -337,7 +337,7 @@ fn export_keeps_the_lock_and_the_file_and_adopt_takes_them_back() {
         assert!(matches!(err, Error::HeldElsewhere { .. }), "{err:?}");
         // Cleared as a handing-over parent would in its child: adopt sets it again.
         nix::fcntl::fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty())).unwrap();
-        let adopted = DirLock::adopt(fd, dir.path(), &options).unwrap();
+        let adopted = DirLock::adopt(fd, dir.path(), &options).unwrap().commit();
         let flags = nix::fcntl::fcntl(adopted.as_fd(), FcntlArg::F_GETFD).unwrap();
         assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC));
         assert_eq!(adopted.path(), lock_file(dir.path()));
@@ -596,4 +596,35 @@ proptest::proptest! {
     fn every_pid_written_reads_back(pid in 1u32..) {
         proptest::prop_assert_eq!(parse_pid(format!("{pid}\n").as_bytes()), Some(pid));
     }
+}
+
+#[test]
+fn an_adopted_lock_dropped_before_commit_leaves_the_file_and_the_lock_to_the_predecessor() {
+    for options in both_primitives() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DirLock::acquire_with(dir.path(), &options).unwrap();
+        let inherited: OwnedFd = held.as_fd().try_clone_to_owned().unwrap();
+        let adopted = DirLock::adopt(inherited, dir.path(), &options).unwrap();
+        assert_eq!(adopted.path(), lock_file(dir.path()));
+        // The successor fails before committing: its drop must not unlink or unlock anything.
+        drop(adopted);
+        assert!(lock_file(dir.path()).exists(), "a failed successor unlinked the lock file");
+        assert_eq!(fs::read_to_string(lock_file(dir.path())).unwrap(), format!("{}\n", std::process::id()));
+        let err = DirLock::acquire_with(dir.path(), &options).unwrap_err();
+        assert!(matches!(err, Error::HeldElsewhere { .. }), "{err:?}");
+        held.release().unwrap();
+        assert!(!lock_file(dir.path()).exists());
+    }
+}
+
+#[test]
+fn reassert_rewrites_the_pid_and_refuses_a_replaced_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lock = DirLock::acquire(dir.path()).unwrap();
+    fs::write(lock_file(dir.path()), "999999\n").unwrap();
+    lock.reassert().unwrap();
+    assert_eq!(fs::read_to_string(lock_file(dir.path())).unwrap(), format!("{}\n", std::process::id()));
+    fs::remove_file(lock_file(dir.path())).unwrap();
+    let err = lock.reassert().unwrap_err();
+    assert!(matches!(err, Error::NotTheLockFile { .. }), "{err:?}");
 }

@@ -36,6 +36,11 @@ pub struct Config {
     /// even a plain `systemctl restart` keeps the sockets (they come back through `LISTEN_FDS`
     /// under their names). Needs `FileDescriptorStoreMax=` in the unit. Default false.
     pub fd_store: bool,
+    /// Keep the registered file descriptors after a successful upgrade (instead of closing them),
+    /// so that this process can take over again with
+    /// [`Upgrader::roll_back`](crate::Upgrader::roll_back) if its successor dies; close them with
+    /// [`Upgrader::release_retained`](crate::Upgrader::release_retained). Default false.
+    pub keep_for_rollback: bool,
 }
 
 impl Default for Config {
@@ -48,6 +53,7 @@ impl Default for Config {
             pid_file: None,
             notify: true,
             fd_store: false,
+            keep_for_rollback: false,
         }
     }
 }
@@ -86,6 +92,12 @@ impl Config {
     /// Sets [`Config::notify`].
     pub fn notify(mut self, notify: bool) -> Self {
         self.notify = notify;
+        self
+    }
+
+    /// Sets [`Config::keep_for_rollback`].
+    pub fn keep_for_rollback(mut self, keep: bool) -> Self {
+        self.keep_for_rollback = keep;
         self
     }
 

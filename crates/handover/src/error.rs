@@ -112,6 +112,33 @@ pub enum Error {
     #[error("restart already in progress")]
     InProgress,
 
+    /// The upgrade was aborted because this process is stopping ([`Upgrader::stop_upgrades`]);
+    /// the new process was killed.
+    ///
+    /// [`Upgrader::stop_upgrades`]: crate::Upgrader::stop_upgrades
+    #[error("restart aborted: the service is stopping")]
+    Aborted {
+        /// The new process's pid.
+        pid: u32,
+    },
+
+    /// This process is stopping ([`Upgrader::stop_upgrades`]); it starts no new process.
+    ///
+    /// [`Upgrader::stop_upgrades`]: crate::Upgrader::stop_upgrades
+    #[error("the service is stopping")]
+    Stopping,
+
+    /// A rollback ([`Upgrader::roll_back`]) is not possible.
+    ///
+    /// [`Upgrader::roll_back`]: crate::Upgrader::roll_back
+    #[error("cannot roll back to this process: successor pid {pid}: {reason}")]
+    SuccessorRunning {
+        /// The successor's pid (0 when there is none).
+        pid: u32,
+        /// Why not.
+        reason: String,
+    },
+
     /// This process already handed over to a successor and is draining.
     #[error("already handed over to pid {pid}")]
     AlreadyUpgraded {

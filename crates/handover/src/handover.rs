@@ -289,21 +289,42 @@ impl Handover {
         self.registry.insert(name, dup)
     }
 
-    /// Declares this process ready to serve and returns its [`Upgrader`].
+    /// Declares this process ready to serve and returns its [`Upgrader`]: the commit point of a
+    /// handover.
     ///
-    /// Closes the inherited file descriptors nobody took. A spawned or connected successor tells
-    /// its predecessor (which then answers its restart request with this pid and drains); a
-    /// process that was not spawned by a handover sends `READY=1` to the service manager, stores
-    /// the registered fds in its fd store when configured, and writes the pid file.
+    /// Closes the inherited file descriptors nobody took. Everything that can fail happens
+    /// before the predecessor is told: the pid file is written under a temporary name and synced,
+    /// and a process that is not a spawned successor sends `READY=1` to the service manager (and
+    /// stores the registered fds in its fd store when configured). Then a spawned or connected
+    /// successor tells its predecessor (which answers its restart request with this pid and
+    /// drains) and only after that moves the pid file into place; a fresh process moves it into
+    /// place before `READY=1`, so a manager that reads it on `READY=1` finds it.
     ///
     /// [`Error::Ready`] means the predecessor gave up on this process (it timed out, and will
-    /// kill it): exit.
+    /// kill it): exit. Any error leaves the pid file as it was.
     pub async fn ready<L: LifecycleHandler>(mut self, lifecycle: L) -> Result<Upgrader, Error> {
         self.finish_adoption();
         // The state may not have been read (a successor that does not want it): close it so
         // the old process's writer sees a broken pipe instead of a reader that never comes.
         self.state = None;
         let pid = std::process::id();
+        let pid_file = match &self.config.pid_file {
+            Some(path) => Some(crate::pidfile::Prepared::new(path, pid)?),
+            None => None,
+        };
+        let spawned = matches!(self.start, Start::Spawned { .. });
+        let pid_file = match (pid_file, self.start) {
+            // Nobody else serves: the file goes into place now, before READY=1.
+            (Some(prepared), Start::Fresh) => {
+                prepared.persist()?;
+                None
+            }
+            (other, _) => other,
+        };
+        if !spawned && self.config.notify {
+            notify::ready(&self.registry, self.config.fd_store)?;
+        }
+        // The commit: from here on the predecessor drains, and nothing may fail.
         match self.ready.take() {
             Some(ReadySink::Pipe(fd)) => {
                 let mut pipe = std::fs::File::from(fd);
@@ -315,13 +336,10 @@ impl Handover {
             }
             None => {}
         }
-        if !matches!(self.start, Start::Spawned { .. }) {
-            if self.config.notify {
-                notify::ready(&self.registry, self.config.fd_store)?;
-            }
-            if let Some(path) = &self.config.pid_file {
-                crate::pidfile::write(path, pid)?;
-            }
+        if let Some(prepared) = pid_file
+            && let Err(err) = prepared.persist()
+        {
+            tracing::warn!(error = %err, "cannot move the pid file into place");
         }
         tracing::info!(pid, start = ?self.start, "ready");
         Ok(Upgrader::new(self, lifecycle))

@@ -120,6 +120,7 @@ mod handover;
 mod lifecycle;
 mod notify;
 mod pidfile;
+mod sealed;
 mod socket;
 mod spawn;
 mod state;
@@ -138,6 +139,7 @@ pub use error::{Error, ExitReason};
 pub use fds::Origin;
 pub use handover::{Handover, Start};
 pub use lifecycle::LifecycleHandler;
+pub use sealed::SealedState;
 pub use state::{
     DEFAULT_STATE_LIMIT, HEADER_LEN, STATE_MAGIC, StateFrame, StateReader, StateWriter, encode_frame,
     parse_header, read_frame,

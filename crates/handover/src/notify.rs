@@ -1,4 +1,7 @@
-//! The service manager's side channel: `READY=1`, `MAINPID=`, and the fd store over `NOTIFY_SOCKET`.
+//! The service manager's side channel over `NOTIFY_SOCKET`: `READY=1`, `RELOADING=1` around an
+//! upgrade, `MAINPID=` at its end, and the fd store.
+
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 
@@ -26,12 +29,52 @@ pub(crate) fn ready(registry: &Registry, fd_store: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// `MAINPID=<pid>`: sent by the old process, still the main one, once its successor is ready.
-pub(crate) fn main_pid(pid: u32) -> Result<(), Error> {
+/// `RELOADING=1` with `MONOTONIC_USEC=` (what `Type=notify-reload` needs on systemd ≥ 253; older
+/// versions ignore it), and `EXTEND_TIMEOUT_USEC=` for the time a successor may take: sent by the
+/// main process as an upgrade begins.
+pub(crate) fn reloading(may_take: Duration) -> Result<(), Error> {
     if !enabled() {
         return Ok(());
     }
-    sd_notify::notify(&[NotifyState::MainPid(pid)]).map_err(|source| Error::Notify { source })?;
-    tracing::debug!(pid, "sent MAINPID");
+    let now = NotifyState::monotonic_usec_now().map_err(|source| Error::Notify { source })?;
+    let extend = NotifyState::ExtendTimeoutUsec(u32::try_from(may_take.as_micros()).unwrap_or(u32::MAX));
+    sd_notify::notify(&[NotifyState::Reloading, now, extend]).map_err(|source| Error::Notify { source })?;
+    tracing::debug!("sent RELOADING=1");
+    Ok(())
+}
+
+/// `MAINPID=<pid>` and `READY=1` in one message: sent by the old process, still the main one,
+/// once its successor is ready. The service manager applies `MAINPID=` first, so the reload
+/// ends with the new process as the main one.
+pub(crate) fn handed_over(pid: u32) -> Result<(), Error> {
+    if !enabled() {
+        return Ok(());
+    }
+    sd_notify::notify(&[NotifyState::MainPid(pid), NotifyState::Ready])
+        .map_err(|source| Error::Notify { source })?;
+    tracing::debug!(pid, "sent MAINPID and READY=1");
+    Ok(())
+}
+
+/// `READY=1` again after a failed upgrade: the reload is over, this process serves on.
+pub(crate) fn still_ready() -> Result<(), Error> {
+    if !enabled() {
+        return Ok(());
+    }
+    sd_notify::notify(&[NotifyState::Ready]).map_err(|source| Error::Notify { source })?;
+    tracing::debug!("sent READY=1 after a failed upgrade");
+    Ok(())
+}
+
+/// `MAINPID=<this pid>`, `READY=1` and a `STATUS=` saying why: this process takes over again
+/// after its successor died (a rollback).
+pub(crate) fn rolled_back(me: u32, successor: u32) -> Result<(), Error> {
+    if !enabled() {
+        return Ok(());
+    }
+    let status = format!("rolled back: successor pid {successor} died");
+    sd_notify::notify(&[NotifyState::MainPid(me), NotifyState::Ready, NotifyState::Status(&status)])
+        .map_err(|source| Error::Notify { source })?;
+    tracing::debug!(me, "sent MAINPID (rollback)");
     Ok(())
 }

@@ -220,6 +220,7 @@ impl Upgrader {
             }
         };
         tracing::info!(peer, "handing over to a connected successor");
+        self.announce_reload();
         let result = self.offer_and_wait(stream, peer, deadline, &mut **lifecycle).await;
         self.finish(result, &mut **lifecycle).await
     }
@@ -281,8 +282,13 @@ impl Upgrader {
                 }
             }
         };
-        tokio::time::timeout_at(deadline, wait)
-            .await
-            .unwrap_or(Err(Error::NotReady { pid: peer, timeout: self.shared.config.ready_timeout }))
+        tokio::select! {
+            biased;
+            waited = tokio::time::timeout_at(deadline, wait) => {
+                waited.unwrap_or(Err(Error::NotReady { pid: peer, timeout: self.shared.config.ready_timeout }))
+            }
+            // An independent successor is not our child: it is told (the connection closes), not killed.
+            () = self.shared.stopping.cancelled() => Err(Error::Aborted { pid: peer }),
+        }
     }
 }

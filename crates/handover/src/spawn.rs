@@ -47,16 +47,33 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     let outcome = match (pipe::Sender::from_owned_fd(state_tx), pipe::Receiver::from_owned_fd(ready_rx)) {
         (Ok(tx), Ok(rx)) => {
             let writer = StateWriter::new(tx, shared.config.state_limit);
-            tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle))
-                .await
-                .unwrap_or(Err(Error::NotReady { pid, timeout: shared.config.ready_timeout }))
+            let waiting =
+                tokio::time::timeout_at(deadline, wait_ready(&mut child, pid, rx, writer, lifecycle));
+            tokio::select! {
+                // A readiness message that arrived together with the stop wins: it was a commit.
+                biased;
+                waited = waiting => {
+                    waited.unwrap_or(Err(Error::NotReady { pid, timeout: shared.config.ready_timeout }))
+                }
+                () = shared.stopping.cancelled() => Err(Error::Aborted { pid }),
+            }
         }
         (Err(source), _) | (_, Err(source)) => Err(Error::Io { op: "register the handover pipes", source }),
     };
     if outcome.is_err() {
         kill_and_reap(&mut child, pid).await;
+    } else {
+        // The successor runs on; its exit (a crash during a rollback window, or much later) is
+        // reaped and published here.
+        let exit = shared.successor_exit.clone();
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                let reason = ExitReason::from_status(status);
+                tracing::info!(pid, %reason, "the successor exited");
+                exit.send_replace(Some((pid, reason)));
+            }
+        });
     }
-    // On success, dropping `child` leaves it running; tokio reaps it should it exit while we live.
     outcome
 }
 

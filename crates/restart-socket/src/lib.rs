@@ -50,8 +50,10 @@
 //!
 //! A successor process continues on the same socket with [`Server::adopt`]: the predecessor's
 //! [`ListenerHandle::export`] gives an `OwnedFd` (close-on-exec; clear it in the child only),
-//! the child passes it, with the path, to `Server::adopt(fd, path, config)`. The socket path
-//! never disappears: the exporting process no longer removes the file, its successor does.
+//! the child passes it, with the path, to `Server::adopt(fd, path, config)` and, once it has
+//! taken over for good, [`ListenerHandle::claim`]s the file. The socket path never disappears:
+//! the exporting process no longer removes the file, and a successor removes it only after it
+//! claimed it — one that fails while starting leaves it to the predecessor still serving on it.
 //!
 //! # Ordering and safety
 //!

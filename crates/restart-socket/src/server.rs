@@ -102,6 +102,10 @@ struct Listener {
     path: PathBuf,
     /// The socket file we may remove: `None` when there is nothing we recognise as ours.
     file: Option<FileId>,
+    /// Whether the socket file is this process's to remove: set at once for a bound socket, only
+    /// by [`ListenerHandle::claim`] for an adopted one (its predecessor still serves on it until
+    /// this process has taken over for good).
+    claimed: AtomicBool,
     /// Set once the listener was exported to a successor: the file is theirs to remove.
     handed_on: AtomicBool,
     removed: AtomicBool,
@@ -109,6 +113,10 @@ struct Listener {
 
 impl Listener {
     fn remove_file(&self) {
+        if !self.claimed.load(Ordering::SeqCst) {
+            tracing::debug!(path = %self.path.display(), "adopted listener never claimed; leaving the socket file");
+            return;
+        }
         if self.handed_on.load(Ordering::SeqCst) {
             tracing::debug!(path = %self.path.display(), "listener handed on; leaving the socket file");
             return;
@@ -155,6 +163,19 @@ impl ListenerHandle {
         self.inner.handed_on.store(false, Ordering::SeqCst);
     }
 
+    /// Makes the socket file of an adopted listener ([`Server::adopt`]) this process's to remove
+    /// on clean shutdown. Call it once this process has taken over for good (its predecessor was
+    /// told, and stops serving): until then a failing successor must leave the file, which its
+    /// predecessor still serves on. A bound listener is claimed from the start.
+    pub fn claim(&self) {
+        self.inner.claimed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the socket file is this process's to remove (bound here, or adopted and claimed).
+    pub fn is_claimed(&self) -> bool {
+        self.inner.claimed.load(Ordering::SeqCst)
+    }
+
     /// Whether the listener was exported and not reclaimed.
     pub fn is_handed_on(&self) -> bool {
         self.inner.handed_on.load(Ordering::SeqCst)
@@ -187,13 +208,15 @@ impl Server {
         let (socket, id) = sys::bind(path)?;
         socket.set_nonblocking(true).map_err(|source| Error::Bind { path: path.to_owned(), source })?;
         tracing::info!(path = %path.display(), "restart socket listening");
-        Ok(Server::new(socket, path, Some(id), config, sigusr1))
+        Ok(Server::new(socket, path, Some(id), true, config, sigusr1))
     }
 
     /// Serves on an inherited listening socket (exported by a predecessor with
-    /// [`ListenerHandle::export`]) whose file is at `path`. The socket file is left as it is and
-    /// becomes this process's to remove on clean shutdown. With
-    /// [`ServerConfig::restart_on_sigusr1`], call it inside a tokio runtime.
+    /// [`ListenerHandle::export`]) whose file is at `path`. The socket file is left as it is, and
+    /// stays the predecessor's until this process [claims](ListenerHandle::claim) it: a
+    /// successor that fails before it has taken over (and so never claims) leaves the file its
+    /// predecessor still serves on. With [`ServerConfig::restart_on_sigusr1`], call it inside a
+    /// tokio runtime.
     pub fn adopt(fd: OwnedFd, path: impl AsRef<Path>, config: ServerConfig) -> Result<Server, Error> {
         let path = path.as_ref();
         let raw = fd.as_raw_fd();
@@ -208,13 +231,24 @@ impl Server {
             tracing::warn!(path = %path.display(), "adopted listener has no socket file at its path");
         }
         tracing::info!(path = %path.display(), fd = raw, "restart socket adopted");
-        Ok(Server::new(socket, path, id, config, sigusr1))
+        Ok(Server::new(socket, path, id, false, config, sigusr1))
+    }
+
+    /// A new server on the listening socket of `handle`, whose previous server has stopped —
+    /// typically after a handover was rolled back and this process serves again. The socket
+    /// file is this process's again ([`ListenerHandle::reclaim`] is implied).
+    pub fn resume(handle: &ListenerHandle, config: ServerConfig) -> Result<Server, Error> {
+        let sigusr1 = catch_sigusr1(&config)?;
+        handle.reclaim();
+        tracing::info!(path = %handle.inner.path.display(), "restart socket resumed");
+        Ok(Server { inner: Arc::clone(&handle.inner), config, sigusr1 })
     }
 
     fn new(
         socket: StdListener,
         path: &Path,
         file: Option<FileId>,
+        claimed: bool,
         config: ServerConfig,
         sigusr1: Option<Signal>,
     ) -> Server {
@@ -222,6 +256,7 @@ impl Server {
             socket,
             path: path.to_owned(),
             file,
+            claimed: AtomicBool::new(claimed),
             handed_on: AtomicBool::new(false),
             removed: AtomicBool::new(false),
         };
@@ -241,7 +276,8 @@ impl Server {
     /// Serves requests until `shutdown` is cancelled, then stops accepting, answers what the
     /// connections already accepted send within a short quiet period (500 ms: a request that
     /// raced a handover is answered, not dropped), lets a running restart finish, and removes the
-    /// socket file unless the listener was handed on.
+    /// socket file if it is this process's (bound here, or adopted and
+    /// [claimed](ListenerHandle::claim)) and the listener was not handed on.
     ///
     /// Must run inside a tokio runtime (the `net` and `time` drivers enabled).
     pub async fn serve<R, S>(self, restart: R, status: S, shutdown: CancellationToken) -> Result<(), Error>

@@ -426,6 +426,7 @@ async fn an_exported_listener_is_adopted_and_the_path_never_disappears() {
     let fd: OwnedFd = handle.export().unwrap();
     assert!(handle.is_handed_on());
     let new = Server::adopt(fd, &path, ServerConfig::default()).unwrap();
+    new.listener().claim();
     old_shutdown.cancel();
     old_task.await.unwrap().unwrap();
     assert!(path.exists(), "the exporting server left the socket file");
@@ -516,4 +517,40 @@ fn catching_sigusr1_outside_a_runtime_is_an_error_and_leaves_no_file() {
     let err = Server::bind(&path, ServerConfig::default().with_restart_on_sigusr1(true)).unwrap_err();
     assert!(matches!(&err, Error::Signal { .. }), "{err:?}");
     assert!(!path.exists());
+}
+
+#[tokio::test]
+async fn a_successor_that_fails_before_claiming_leaves_the_predecessors_socket_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("control.sock");
+    let old = Server::bind(&path, ServerConfig::default()).unwrap();
+    let handle = old.listener();
+    let old_shutdown = CancellationToken::new();
+    let old_task = tokio::spawn(old.serve(
+        || async { Ok::<u32, String>(1) },
+        || async { status_of(1) },
+        old_shutdown.clone(),
+    ));
+    // A handover begins: the listener is exported and adopted by a successor...
+    let fd: OwnedFd = handle.export().unwrap();
+    let successor = Server::adopt(fd, &path, ServerConfig::default()).unwrap();
+    assert!(!successor.listener().is_claimed());
+    // ... which fails before it has taken over (dropped unserved, or served and stopped).
+    drop(successor);
+    handle.reclaim();
+    assert!(path.exists(), "a failed successor removed its predecessor's socket file");
+    assert_eq!(Client::connect(&path).await.unwrap().status().await.unwrap(), status_of(1));
+
+    let fd: OwnedFd = handle.export().unwrap();
+    let successor = Server::adopt(fd, &path, ServerConfig::default()).unwrap();
+    let stop = CancellationToken::new();
+    stop.cancel();
+    successor.serve(|| async { Ok::<u32, String>(2) }, || async { status_of(2) }, stop).await.unwrap();
+    handle.reclaim();
+    assert!(path.exists(), "a successor that served without claiming removed the socket file");
+    assert_eq!(Client::connect(&path).await.unwrap().status().await.unwrap(), status_of(1));
+
+    old_shutdown.cancel();
+    old_task.await.unwrap().unwrap();
+    assert!(!path.exists(), "the predecessor owns the file again and removes it");
 }

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     // SAFETY: the parent passed us this descriptor number; it is open (inherited across exec) and
     // nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let lock = match DirLock::adopt(fd, dir, &options) {
+    let lock = match DirLock::adopt(fd, dir, &options).map(dirlock::Adopted::commit) {
         Ok(lock) => lock,
         Err(err) if err.is_contention() => {
             let holder = err.holder_pid().map_or_else(|| "-".to_owned(), |pid| pid.to_string());

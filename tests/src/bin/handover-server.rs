@@ -4,7 +4,8 @@
 //! (with ` close` appended, and the connection closed, while draining). A unix control socket
 //! takes `restart` (answers `ok <pid>` or `err <reason>`) and `status`. On readiness the server
 //! prints `ready pid=<pid> generation=<g> addr=<addr>` on stdout; after a handover it drains and
-//! prints `exit pid=<pid> drained=<complete|timeout>`.
+//! prints `exit pid=<pid> drained=<complete|timeout>`. SIGTERM stops it (aborting a handover in
+//! flight: `stopping pid=<pid>`).
 //!
 //! `--mode-file FILE` is read at start-up, so a test makes only the *next* process misbehave:
 //! `crash` (abort at once), `exit-after-state` (exit 1 after reading the state), `hang` (never
@@ -200,6 +201,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             biased;
             () = stop.cancelled() => break,
             _ = term.recv() => {
+                // Stopping, not handing over: a restart in flight is aborted (its process killed).
+                match upgrader.stop_upgrades().await {
+                    Some(pid) => println!("handed over to {pid} while stopping"),
+                    None => println!("stopping pid={pid}"),
+                }
                 stop.cancel();
                 break;
             }

@@ -130,6 +130,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
         on_term.cancel();
     });
 
+    let ctx_listener = server.listener();
     let ctx = Arc::new(Ctx { opts: opts.clone(), listener: server.listener(), shutdown: shutdown.clone() });
     let restart = move || handover(Arc::clone(&ctx));
     let status = move || async move { Status { pid, generation, started_at, last_restart } };
@@ -139,6 +140,8 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     if let Some(ready) = env_fd("RESTART_SOCKET_READY_FD")? {
         File::from(ready).write_all(b"ready\n").context("signal readiness")?;
     }
+    // Taken over: the socket file is ours to remove from now on (bound ones are from the start).
+    ctx_listener.claim();
     server.serve(restart, status, shutdown).await?;
     say(&format!("stopped pid={pid} generation={generation}"));
     Ok(())

@@ -1,4 +1,5 @@
-//! The example HTTPS server (`crates/lifeline/examples/https-server.rs`) end to end: real
+//! The example HTTPS server (`crates/lifeline/examples/https-server.rs`, and the axum example
+//! `axum-server.rs` built on the same `lifeline::service` API) end to end: real
 //! processes driven through the `lifeline` CLI, real TLS on 127.0.0.1, real files, sockets and
 //! signals, `flock(1)` and `systemd-socket-activate` as outside peers, and `lifeline supervise`
 //! following its handovers.
@@ -7,9 +8,11 @@
 //! `lifeline_tests::workspace_binary` build them.
 
 mod args;
+mod axum;
 mod certs;
 mod control;
 mod handover;
+mod http2;
 mod serving;
 mod supervised;
 mod support;

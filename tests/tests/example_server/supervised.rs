@@ -103,7 +103,7 @@ async fn five_handovers_under_lifeline_supervise_are_followed_not_restarted_and_
     assert!(is_dead(current), "the current server was stopped");
     // Gracefully, by the stop signal (each server logs `stopped` when it has drained and exits).
     wait_for("six graceful stops in the log", || {
-        (count(&server.stderr, "https_server: stopped") == 6).then_some(())
+        (count(&server.stderr, "stopped reason=") == 6).then_some(())
     });
     for pid in &server.pids {
         assert!(is_dead(*pid), "server {pid} survived");

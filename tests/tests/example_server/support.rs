@@ -1,15 +1,14 @@
 //! Running the example server for a test: its own temp dir, certificates, output readers, the
 //! `lifeline` CLI against its control socket, HTTPS requests and handshakes, process checks.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use lifeline_tests::certs::{Leaf, LeafSpec, TestCa};
+pub(crate) use lifeline_tests::lines::Lines;
 use lifeline_tests::load::{LoadConfig, parse_answer};
 use lifeline_tests::{PATIENCE, https_server_bin, lifeline_bin, wait_for};
 use nix::sys::signal::{Signal, kill};
@@ -19,80 +18,6 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// The serial of leaf certificates the servers start with.
 pub(crate) const FIRST_SERIAL: u64 = 0x1001;
-
-/// Every line a process tree wrote to one pipe, kept for waiting on and for diagnostics.
-#[derive(Clone)]
-pub(crate) struct Lines {
-    inner: Arc<(Mutex<LinesState>, Condvar)>,
-}
-
-#[derive(Default)]
-struct LinesState {
-    lines: Vec<String>,
-    closed: bool,
-}
-
-impl Lines {
-    /// Reads `pipe` on a thread until every writer has closed it.
-    pub(crate) fn new(pipe: impl Read + Send + 'static) -> Lines {
-        let lines = Lines { inner: Arc::new((Mutex::new(LinesState::default()), Condvar::new())) };
-        let writer = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let (_, changed) = &*writer.inner;
-                writer.state().lines.push(line);
-                changed.notify_all();
-            }
-            let (_, changed) = &*writer.inner;
-            writer.state().closed = true;
-            changed.notify_all();
-        });
-        lines
-    }
-
-    /// The lines; a test that failed while waiting does not poison them for the diagnostics.
-    fn state(&self) -> std::sync::MutexGuard<'_, LinesState> {
-        self.inner.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// How many lines were read so far: a mark for [`Lines::wait_after`].
-    pub(crate) fn mark(&self) -> usize {
-        self.state().lines.len()
-    }
-
-    /// Waits for a line containing `needle` (already read or still to come); returns it.
-    pub(crate) fn wait(&self, needle: &str) -> String {
-        self.wait_after(0, needle)
-    }
-
-    /// Waits for a line containing `needle` among the lines read after `mark`; returns it.
-    pub(crate) fn wait_after(&self, mark: usize, needle: &str) -> String {
-        let deadline = Instant::now() + PATIENCE;
-        let (_, changed) = &*self.inner;
-        let mut guard = self.state();
-        loop {
-            if let Some(line) = guard.lines.iter().skip(mark).find(|l| l.contains(needle)) {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || guard.closed {
-                let (closed, seen) = (guard.closed, guard.lines.join("\n"));
-                drop(guard);
-                panic!(
-                    "no line containing {needle:?} (pipe {}); read so far:\n{seen}",
-                    if closed { "closed" } else { "still open" }
-                );
-            }
-            guard = changed.wait_timeout(guard, left).unwrap_or_else(std::sync::PoisonError::into_inner).0;
-        }
-    }
-
-    /// Every line read so far.
-    pub(crate) fn all(&self) -> Vec<String> {
-        self.state().lines.clone()
-    }
-}
 
 /// The value of `key=` in a line of `key=value` words.
 pub(crate) fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -132,6 +57,8 @@ pub(crate) struct Options {
     control: bool,
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, std::ffi::OsString)>,
+    /// The program's name at the start of its start line (`https-server`, `axum-server`).
+    banner: &'static str,
 }
 
 impl Options {
@@ -143,7 +70,26 @@ impl Options {
         let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
         pki.first.write(&cert, &key);
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        Options { dir, pki, exe: https_server_bin(), cert, key, control: true, args: vec![], env: vec![] }
+        Options {
+            dir,
+            pki,
+            exe: https_server_bin(),
+            cert,
+            key,
+            control: true,
+            args: vec![],
+            env: vec![],
+            banner: "https-server",
+        }
+    }
+
+    /// The axum example (`examples/axum-server.rs`) instead: same flags, same answers.
+    pub(crate) fn axum() -> Options {
+        Options {
+            exe: lifeline_tests::workspace_binary("examples/axum-server"),
+            banner: "axum-server",
+            ..Options::new()
+        }
     }
 
     /// The test's temp dir.
@@ -261,7 +207,7 @@ impl Server {
     pub(crate) fn from_parts(options: Options, first: Child, stdout: Lines, stderr: Lines) -> Server {
         let mut server =
             Server { options, first, stdout, stderr, addr: ([0, 0, 0, 0], 0).into(), pid: 0, pids: vec![] };
-        let line = server.stdout.wait("https-server: pid=");
+        let line = server.stdout.wait(&format!("{}: pid=", server.options.banner));
         let pid: u32 = field(&line, "pid").parse().unwrap();
         assert_eq!(pid, server.first.id(), "{line}");
         assert_eq!(field(&line, "generation"), "1", "{line}");
@@ -319,7 +265,7 @@ impl Server {
     /// Records `pid` as the serving process once its start line shows it took over.
     pub(crate) fn started(&mut self, pid: u32) {
         assert!(!self.pids.contains(&pid), "pid {pid} served before: {:?}", self.pids);
-        let line = self.stdout.wait(&format!("https-server: pid={pid} "));
+        let line = self.stdout.wait(&format!("{}: pid={pid} ", self.options.banner));
         let generation: usize = field(&line, "generation").parse().unwrap();
         assert_eq!(generation, self.pids.len() + 1, "{line}");
         assert!(line.ends_with(&format!("listening on {}", self.addr)), "{line}");

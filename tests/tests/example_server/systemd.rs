@@ -5,6 +5,8 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 
 use lifeline_tests::{PATIENCE, https_server_bin};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::support::{Conn, Lines, Options, Server};
 
@@ -71,11 +73,16 @@ async fn serves_on_the_socket_from_systemd_socket_activate_and_hands_it_over() {
     assert!(environ.split('\0').any(|v| v.starts_with("LIFELINE_FDS=")), "{environ}");
 }
 
-/// The next datagram on the fake notify socket.
+/// The next datagram on the fake notify socket that is not only a `STATUS=` refresh.
 fn recv(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
-    let len = socket.recv(&mut buf).expect("a notification within PATIENCE");
-    String::from_utf8_lossy(&buf[..len]).into_owned()
+    loop {
+        let len = socket.recv(&mut buf).expect("a notification within PATIENCE");
+        let msg = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if !msg.lines().all(|l| l.starts_with("STATUS=")) {
+            return msg;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,13 +96,26 @@ async fn notify_socket_gets_ready_then_the_main_pid_of_each_new_process() {
 
     for _ in 0..3 {
         let new_pid = server.restart().unwrap();
-        // From the old process, still the main one; the new one sends no READY=1 of its own.
-        assert_eq!(recv(&notify), format!("MAINPID={new_pid}\n"));
+        // From the old process, still the main one: the reload, then the new main pid, ready.
+        // The new one sends no READY=1 of its own.
+        assert!(recv(&notify).starts_with("RELOADING=1\nMONOTONIC_USEC="));
+        assert_eq!(recv(&notify), format!("MAINPID={new_pid}\nREADY=1\n"));
         assert_eq!(server.answer().await.0, new_pid);
     }
-    // Nothing else was sent.
+    // A stop: STOPPING=1 (with the status), then more time for the drain.
+    kill(Pid::from_raw(server.pid as i32), Signal::SIGTERM).unwrap();
+    let stopping = recv(&notify);
+    assert!(
+        stopping.starts_with("STOPPING=1\nSTATUS=stopping (stopped by signal SIGTERM): generation 4"),
+        "{stopping:?}"
+    );
+    assert!(recv(&notify).starts_with("EXTEND_TIMEOUT_USEC="));
+    // Nothing else was sent (status refreshes aside).
     notify.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 4096];
-    let extra = notify.recv(&mut buf).map(|len| String::from_utf8_lossy(&buf[..len]).into_owned());
-    assert!(extra.is_err(), "unexpected notification {extra:?}");
+    let extra = std::iter::from_fn(|| {
+        notify.recv(&mut buf).ok().map(|len| String::from_utf8_lossy(&buf[..len]).into_owned())
+    })
+    .find(|msg| !msg.starts_with("STATUS="));
+    assert!(extra.is_none(), "unexpected notification {extra:?}");
 }
