@@ -23,6 +23,7 @@
 //! passes to the successor as a snapshot taken when the successor starts.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -157,9 +158,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let acceptor = starting.tls_acceptor().context("TLS is not configured")?;
     let snapshot = served.clone();
     let running = starting.ready(move || State { served: snapshot.load(Ordering::SeqCst) }).await?;
-
-    let address = listener.local_addr()?;
-    println!("https-server: pid={} generation={generation} listening on {address}", std::process::id());
+    let (pid, address, mut out) = (std::process::id(), listener.local_addr()?, std::io::stdout());
+    let _ = writeln!(out, "https-server: pid={pid} generation={generation} listening on {address}"); // may be closed
     let service = hyper::service::service_fn(move |req| handle(req, generation, served.clone()));
     http::serve_tls(&running, listener, acceptor, service).await;
     running.drain().await;

@@ -352,7 +352,8 @@ impl Running {
     async fn lifecycle(self, mut signals: mpsc::UnboundedReceiver<SignalKind>) {
         let mut phases = self.inner.phase.subscribe();
         let mut exits = self.inner.upgrader.successor_exit();
-        let mut window_end = tokio::time::Instant::now();
+        // `None`: a window too long for an instant, i.e. for ever.
+        let mut window_end: Option<tokio::time::Instant> = None;
         loop {
             let phase = *phases.borrow_and_update();
             match phase {
@@ -365,7 +366,7 @@ impl Running {
                             match self.inner.settings.rollback_window {
                                 Some(window) if !self.inner.stop_requested.load(Ordering::SeqCst) => {
                                     tracing::info!(successor, ?window, "handed over; standing by for a rollback");
-                                    window_end = tokio::time::Instant::now() + window;
+                                    window_end = tokio::time::Instant::now().checked_add(window);
                                     self.inner.phase.send_replace(Phase::Standby { successor });
                                 }
                                 _ => self.handed_over_for_good(successor),
@@ -389,7 +390,7 @@ impl Running {
                                 self.handed_over_for_good(successor);
                             }
                         }
-                        () = tokio::time::sleep_until(window_end) => {
+                        () = sleep_until(window_end) => {
                             tracing::info!(successor, "rollback window over");
                             self.handed_over_for_good(successor);
                         }
@@ -729,6 +730,14 @@ impl Running {
                 tracing::warn!(%err, path = %path.display(), "cannot remove the pid file");
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`; never returns for `None`.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
