@@ -77,9 +77,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The one handler both servers run.
-async fn hello(served: &AtomicU64) -> Result<Response<Full<Bytes>>, Infallible> {
+fn hello(served: &AtomicU64) -> Response<Full<Bytes>> {
     let n = served.fetch_add(1, Ordering::Relaxed) + 1;
-    Ok(Response::new(Full::new(Bytes::from(format!("pid={} served={n}\n", std::process::id())))))
+    Response::new(Full::new(Bytes::from(format!("pid={} served={n}\n", std::process::id()))))
 }
 
 fn announce(generation: u64, addr: SocketAddr) {
@@ -113,7 +113,7 @@ async fn bare(args: &Args) -> anyhow::Result<()> {
             let Ok(tls) = acceptor.accept(stream).await else { return };
             let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                 let served = served.clone();
-                async move { hello(&served).await }
+                async move { Ok::<_, Infallible>(hello(&served)) }
             });
             let _ = builder.serve_connection(TokioIo::new(tls), service).await;
         });
@@ -142,7 +142,7 @@ async fn service(args: &Args) -> anyhow::Result<()> {
     announce(generation, listener.local_addr()?);
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
         let served = served.clone();
-        async move { hello(&served).await }
+        async move { Ok::<_, Infallible>(hello(&served)) }
     });
     http::serve_tls(&running, listener, acceptor, service).await;
     running.drain().await;
