@@ -6,10 +6,13 @@
 //!    (connection tracking, certwatch's resolver, the drain). `wrk` with 64 keep-alive
 //!    connections. On two shared cores one run's noise is larger than the figure, so the two
 //!    alternate in ABBA order (drift cancels) and the medians are compared; each side's spread
-//!    and the per-pair ratios are reported beside them.
+//!    and the per-pair ratios are reported beside them, and so is each server's CPU time per
+//!    request, which moves far less with the rest of the machine's load.
 //! 2. **Restart latency through the API**: a restart request on the control socket
 //!    (`restart_socket::Client`) → `RestartComplete`, against the floor of spawning the same
-//!    binary and reading one byte. Floor and restart samples alternate.
+//!    binary and reading one byte. Floor and restart samples alternate; the handover mechanism
+//!    alone (`bench-handover-server`, against its own floor) is sampled in the same loop, so the
+//!    report shows what the service layer adds to a restart.
 //! 3. **Failed requests over 20 restarts under load**, for both examples (`https-server`,
 //!    `axum-server`), with HTTP/1.1 keep-alive clients (`wrk`) and HTTP/2 clients (`h2load`).
 //!    h2load never reconnects and counts as failed every request it could not send on a
