@@ -371,7 +371,8 @@ fn restarts_under_load(
         run.failed
     );
     let name = match ended_early {
-        Some(round) => format!("{name} — the load ended after restart {round} of {restarts}"),
+        // Running after restart `round - 1`, gone after `round`: not every restart was under load.
+        Some(round) => format!("{name} — the load ended during restart {round} of {restarts}"),
         None => name,
     };
     Row::new(MECHANISM, &name, run.failed as f64, "count", "0")
