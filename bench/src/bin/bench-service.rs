@@ -58,7 +58,11 @@ fn main() -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?.parent().context("the program's directory")?.to_owned();
     let helper = built(&bin_dir, "bench-service-server", &["-p", "lifeline-bench", "--bin"])?;
     let dir = tempfile::tempdir()?;
-    let pki = Pki::write(dir.path())?;
+    // A directory of its own: certwatch watches it, and the logs and state written beside it
+    // must not wake the watcher during a measurement.
+    let pki_dir = dir.path().join("pki");
+    std::fs::create_dir(&pki_dir)?;
+    let pki = Pki::write(&pki_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     throughput(&helper, &pki, dir.path())?;
