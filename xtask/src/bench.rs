@@ -51,7 +51,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         ("release", target_dir().join("release"))
     };
-    // The `lifeline` CLI too: bench-keepalive measures `lifeline supervise` itself.
+    // The `lifeline` CLI too: bench-keepalive measures `lifeline supervise` itself. And both
+    // examples: bench-service restarts them under load (they need the service layer's features).
     cargo(
         &[
             "build",
@@ -63,9 +64,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "-p",
             "lifeline",
             "--features",
-            "lifeline/cli",
+            "lifeline/cli,lifeline/full",
             "--bin",
             "lifeline",
+            "--example",
+            "https-server",
+            "--example",
+            "axum-server",
         ],
         &[],
     )?;
