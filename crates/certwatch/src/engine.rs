@@ -64,6 +64,10 @@ pub(crate) struct Shared<L: Loader> {
     expiry_warning: Duration,
     /// Serialises attempts (the task's and manual ones) and remembers what was last reported.
     attempt: tokio::sync::Mutex<Reported>,
+    /// The files' metadata taken just before the first load: the watch task skips its start-up
+    /// reload when the files still look the same (a successor starting under load has better
+    /// uses for the CPU than parsing the same pair twice).
+    pub(crate) loaded_signature: Mutex<Option<Vec<crate::watch::FileSig>>>,
 }
 
 #[derive(Default)]
@@ -171,6 +175,7 @@ impl<L: Loader> Engine<L> {
         let config = config.sanitized();
         let span = tracing::info_span!("certwatch", source = %loader.describe());
         let _entered = span.enter();
+        let loaded_signature = crate::watch::signature(&loader.paths());
         let (value, info) = loader.load()?;
         tracing::info!("loaded {}", info.summary());
         let (events, _) = broadcast::channel(config.event_capacity);
@@ -185,6 +190,7 @@ impl<L: Loader> Engine<L> {
             polling: AtomicBool::new(false),
             expiry_warning: config.expiry_warning,
             attempt: tokio::sync::Mutex::new(Reported::default()),
+            loaded_signature: Mutex::new(Some(loaded_signature)),
         });
         // Nobody has subscribed yet; the log line is what reports an initial near-expiry.
         if let Ok(mut reported) = shared.attempt.try_lock() {

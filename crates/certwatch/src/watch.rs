@@ -45,8 +45,12 @@ pub(crate) async fn run<L: Loader>(shared: Arc<Shared<L>>, config: WatchConfig) 
     // is still noticed by the next comparison.
     let mut last_seen = signature(&shared.loader.paths());
     // The files may have changed since they were loaded (or since a `stop`): the watches are
-    // in place now, so one load closes that gap.
-    let _ = shared.attempt(Trigger::Start).await;
+    // in place now, so one load closes that gap — unless their metadata is still what it was
+    // just before the first load.
+    let loaded = shared.loaded_signature.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    if loaded.as_ref() != Some(&last_seen) {
+        let _ = shared.attempt(Trigger::Start).await;
+    }
     after_attempt(&shared, &mut dirs, &mut polling);
 
     let mut poll = tokio::time::interval_at(Instant::now() + config.poll_interval, config.poll_interval);

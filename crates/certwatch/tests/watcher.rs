@@ -118,6 +118,26 @@ async fn start_and_stop_are_idempotent_and_a_restart_catches_up() {
 }
 
 #[tokio::test]
+async fn a_change_between_the_first_load_and_the_start_is_loaded_and_no_change_is_not_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = paths(dir.path());
+    pair(1).write(&cert, &key);
+    // Unchanged files: the start-up check compares metadata and does not load the pair again.
+    let w = CertWatcher::new(source(&cert, &key), fast()).unwrap();
+    w.start().unwrap();
+    let mut rx = w.subscribe();
+    pair(2).write_atomic(&cert, &key);
+    reloaded_serial(&mut rx, "02").await;
+    assert_eq!(w.stats().unchanged, 0, "the start-up check loaded an unchanged pair");
+    // Changed after the first load, before the watch existed: loaded at start.
+    let w = CertWatcher::new(source(&cert, &key), fast()).unwrap();
+    let mut rx = w.subscribe();
+    pair(3).write_atomic(&cert, &key);
+    w.start().unwrap();
+    reloaded_serial(&mut rx, "03").await;
+}
+
+#[tokio::test]
 async fn dropping_the_watcher_ends_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = paths(dir.path());

@@ -134,8 +134,8 @@ struct Inner {
     started_at: u64,
     phase: watch::Sender<Phase>,
     stop_requested: AtomicBool,
-    /// Cancelled when the drain begins.
-    draining: CancellationToken,
+    /// Started when the drain begins.
+    draining: Arc<super::connection::DrainSignal>,
     /// The control server stops accepting: at the handover (before the restart is answered) or
     /// at a stop. Renewed by a rollback.
     control_stop: Mutex<CancellationToken>,
@@ -219,11 +219,11 @@ impl Running {
             fd_store,
             retired,
         } = parts;
-        let draining = CancellationToken::new();
+        let draining: Arc<super::connection::DrainSignal> = Arc::default();
         let connections = Connections {
             tracker: TaskTracker::new(),
             accepted: Arc::default(),
-            draining: draining.clone(),
+            draining: Arc::clone(&draining),
             quiet: settings.quiet,
             patience: settings.drain_timeout / 2,
         };
@@ -511,7 +511,7 @@ impl Running {
 
     /// Whether the drain has begun.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.is_cancelled()
+        self.inner.draining.is_set()
     }
 
     /// The certificate watcher of the service's TLS (`None` without TLS).
@@ -653,7 +653,7 @@ impl Running {
     pub async fn drain(self) -> Finished {
         let reason = self.stopped().await;
         let inner = &self.inner;
-        inner.draining.cancel();
+        inner.draining.start();
         inner.control_stop.lock().unwrap_or_else(PoisonError::into_inner).cancel();
         let handed_over = matches!(reason, Stop::HandedOver { .. });
         let hard_deadline =
