@@ -86,3 +86,33 @@ fn stop_leaves_no_process_lock_file_or_control_socket() {
 fn a_plain_program_under_lifeline_supervise_is_active_with_the_supervisor_as_main_pid() {
     scenario("supervise");
 }
+
+/// "Each line commented": every setting of the shipped units has a comment line right above it
+/// (a setting continued with `\` counts once). Needs no root.
+#[test]
+fn every_setting_of_the_shipped_units_has_a_comment_above_it() {
+    let dir = lifeline_tests::systemd::workspace_root().join("deploy/systemd");
+    let mut offenders = Vec::new();
+    let mut units = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        units += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (mut previous, mut continued) = (String::new(), false);
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if continued {
+                continued = line.ends_with('\\');
+                continue;
+            }
+            let setting = !(line.is_empty() || line.starts_with('#') || line.starts_with('['));
+            if setting && !previous.starts_with('#') {
+                offenders.push(format!("{}:{}: {line}", path.display(), i + 1));
+            }
+            continued = setting && line.ends_with('\\');
+            line.clone_into(&mut previous);
+        }
+    }
+    assert!(units >= 4, "only {units} files in {}", dir.display());
+    assert!(offenders.is_empty(), "settings without a comment above them: {offenders:#?}");
+}

@@ -265,8 +265,9 @@ fn reload(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 3 × `systemctl restart` under load, each after a reload (so that the main process is no
-/// longer systemd's child, as on any server that was ever reloaded): zero failed requests (none
+/// 3 × `systemctl restart` under load — the first of a process systemd started, the others
+/// after a reload (then the main process is not systemd's child, as on any server that was ever
+/// reloaded, and only `ExecStop=` makes systemd wait for its drain): zero failed requests (none
 /// refused: the socket unit, or the listener in the fd store, queues connections meanwhile);
 /// the generation and the served count go on exactly where the stopped process left them (the
 /// state memfd in the fd store). For the standalone unit also: the same listening socket all
@@ -278,10 +279,14 @@ fn restart(ctx: &Ctx, service: &str) -> anyhow::Result<()> {
     let loads = ctx.start_loads();
     let mut generation = 1;
     let mut restarted_from = Vec::new();
+    let mut new = main_pid(service)?;
     for round in 1..=RESTARTS {
-        generation += 1;
-        let (old, new) = ctx.reload(service, generation)?;
-        Ctx::wait_gone(old)?;
+        if round > 1 {
+            generation += 1;
+            let old;
+            (old, new) = ctx.reload(service, generation)?;
+            Ctx::wait_gone(old)?;
+        }
         let stored = property(service, "NFileDescriptorStore")?;
         ensure!(stored == "1", "before restart {round}: NFileDescriptorStore={stored} (the listener)");
         systemctl_ok(&["restart", service])?;
