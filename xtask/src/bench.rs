@@ -51,21 +51,23 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         ("release", target_dir().join("release"))
     };
-    // The `lifeline` CLI too: bench-keepalive measures `lifeline supervise` itself.
+    cargo(&["build", "--profile", profile, "-p", "lifeline-bench", "--bins"], &[])?;
+    // The `lifeline` CLI too (bench-keepalive measures `lifeline supervise` itself) and the
+    // example server (bench-systemd runs it under systemd). A build of their own: in the same
+    // build, lifeline would get the test-only features of lifeline-tests (a bench dependency).
     cargo(
         &[
             "build",
             "--profile",
             profile,
             "-p",
-            "lifeline-bench",
-            "--bins",
-            "-p",
             "lifeline",
             "--features",
-            "lifeline/cli",
+            "cli,full",
             "--bin",
             "lifeline",
+            "--example",
+            "https-server",
         ],
         &[],
     )?;
