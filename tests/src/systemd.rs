@@ -485,7 +485,7 @@ mod tests {
 
     #[test]
     fn rewrite_records_which_rules_applied() {
-        let rules = vec![("/a".to_owned(), "/b".to_owned()), ("x".to_owned(), "y".to_owned())];
+        let rules = vec![("/a".to_owned(), "/b".to_owned()), ("/nowhere".to_owned(), "/z".to_owned())];
         let mut used = vec![false; 2];
         assert_eq!(rewrite("ExecStart=/a/c\n# z\n", &rules, &mut used), "ExecStart=/b/c\n# z\n");
         assert_eq!(used, [true, false]);
