@@ -5,6 +5,7 @@ pub mod certs;
 pub mod https;
 pub mod lines;
 pub mod load;
+pub mod systemd;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

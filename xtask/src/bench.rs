@@ -51,20 +51,20 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     } else {
         ("release", target_dir().join("release"))
     };
-    // The `lifeline` CLI too: bench-keepalive measures `lifeline supervise` itself. And both
-    // examples: bench-service restarts them under load (they need the service layer's features).
+    cargo(&["build", "--profile", profile, "-p", "lifeline-bench", "--bins"], &[])?;
+    // The `lifeline` CLI too (bench-keepalive measures `lifeline supervise` itself) and both
+    // examples (bench-service restarts them under load, bench-systemd runs the server under
+    // systemd). A build of their own: in the same build, lifeline would get the test-only
+    // features of lifeline-tests (a bench dependency).
     cargo(
         &[
             "build",
             "--profile",
             profile,
             "-p",
-            "lifeline-bench",
-            "--bins",
-            "-p",
             "lifeline",
             "--features",
-            "lifeline/cli,lifeline/full",
+            "cli,full",
             "--bin",
             "lifeline",
             "--example",

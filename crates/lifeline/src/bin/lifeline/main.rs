@@ -1,11 +1,12 @@
-//! The `lifeline` command-line tool: lock directories, check certificates, restart and inspect a
-//! running service, and supervise a process. The flags, output and exit codes are a contract
+//! The `lifeline` command-line tool: lock directories, check certificates, restart, inspect and
+//! stop a running service, and supervise a process. The flags, output and exit codes are a contract
 //! that operators' scripts depend on (see DESIGN.md).
 
 mod args;
 mod cert;
 mod control;
 mod lock;
+mod stop;
 mod supervise;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ enum Command {
     Restart(control::RestartArgs),
     /// Print a running service's status as one JSON object.
     Status(control::StatusArgs),
+    /// Send a stop signal to PID and wait until it has exited (`ExecStop=lifeline stop $MAINPID`).
+    Stop(stop::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Cert(cmd) => cert::run(cmd),
         Command::Restart(args) => control::restart(args),
         Command::Status(args) => control::status(args),
+        Command::Stop(args) => stop::run(&args),
     };
     match result {
         Ok(code) => code,
