@@ -2,9 +2,10 @@
 //! directory from them (only paths, port and user rewritten: `lifeline_tests::systemd`), boots
 //! `systemd-sandbox` on it and runs one scenario of the `systemd-scenario` driver inside.
 //!
-//! The sandbox needs root. As root a sandbox that cannot boot (exit 77) fails the test with its
-//! reason — CI runs as root and has systemd. Not as root, each test says it is skipped on one
-//! loud line and returns.
+//! The sandbox needs root: the scenarios are `#[ignore = "needs root"]` (reported as skipped by
+//! nextest as another user; `cargo xtask ci` runs them as root) and assert root when run. As root
+//! a sandbox that cannot boot (exit 77) fails the test with its reason — CI runs as root and has
+//! systemd.
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -14,12 +15,6 @@ use lifeline_tests::systemd::{Binaries, CANNOT_BOOT, Prepared, is_root};
 /// Runs `scenario` in a fresh sandbox; panics with the driver's output and the services' logs
 /// unless it passed.
 fn scenario(scenario: &str) {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: systemd scenario `{scenario}` needs root (systemd-sandbox boots systemd in new namespaces)"
-        );
-        return;
-    }
     let binaries = Binaries {
         server: lifeline_tests::https_server_bin(),
         lifeline: lifeline_tests::lifeline_bin(),
@@ -48,42 +43,58 @@ fn scenario(scenario: &str) {
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn start_serves_https_as_systemds_main_pid() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("start");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn ten_reloads_under_load_fail_no_request_and_main_pid_follows_each() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("reload");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn restarts_with_the_socket_unit_refuse_nothing_and_continue_the_state() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("restart");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn restarts_without_socket_activation_keep_the_listener_and_the_state_in_the_fd_store() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("restart-standalone");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn a_broken_binary_fails_the_reload_and_the_old_main_pid_serves_on() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("broken-upgrade");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn a_server_that_stops_feeding_the_watchdog_is_restarted() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("watchdog");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn stop_leaves_no_process_lock_file_or_control_socket() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("stop");
 }
 
 #[test]
+#[ignore = "needs root: systemd-sandbox boots systemd in new namespaces"]
 fn a_plain_program_under_lifeline_supervise_is_active_with_the_supervisor_as_main_pid() {
+    assert!(is_root(), "run as root (cargo xtask ci does, with --run-ignored)");
     scenario("supervise");
 }
 

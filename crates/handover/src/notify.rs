@@ -50,8 +50,13 @@ pub(crate) fn handed_over(pid: u32) -> Result<(), Error> {
     if !enabled() {
         return Ok(());
     }
-    sd_notify::notify(&[NotifyState::MainPid(pid), NotifyState::Ready])
-        .map_err(|source| Error::Notify { source })?;
+    let mut states = vec![NotifyState::MainPid(pid), NotifyState::Ready];
+    // A watchdog ping in the same message: the new main process's own first ping may reach the
+    // manager before this message and be refused as not from the main process.
+    if sd_notify::watchdog_enabled().is_some() {
+        states.push(NotifyState::Watchdog);
+    }
+    sd_notify::notify(&states).map_err(|source| Error::Notify { source })?;
     tracing::debug!(pid, "sent MAINPID and READY=1");
     Ok(())
 }

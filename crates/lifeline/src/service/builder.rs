@@ -224,7 +224,8 @@ impl Builder {
     /// follows), the pid file and the lock file name it again, and it can restart again later.
     /// After the window it drains and exits as usual. No peer offers this. Accept through
     /// [`Running::accept`](super::Running::accept) or the HTTP helpers, which pause during the
-    /// window.
+    /// window. Under systemd the unit needs `NotifyAccess=all`: the `MAINPID=` that takes the
+    /// service back comes from a process that is not the main one at that moment.
     pub fn rollback_window(mut self, window: Duration) -> Self {
         self.rollback_window = (!window.is_zero()).then_some(window);
         self

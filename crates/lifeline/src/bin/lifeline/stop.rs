@@ -26,7 +26,7 @@ pub(crate) struct Args {
     signal: String,
     /// Give up waiting after this long (exit 1). Default: wait until it exits (under systemd,
     /// `TimeoutStopSec=` bounds an `ExecStop=` command).
-    #[arg(long, value_parser = crate::parse_duration)]
+    #[arg(long, value_parser = crate::args::parse_duration)]
     timeout: Option<Duration>,
     /// The process to stop (in a unit: `$MAINPID`, which is empty when there is no main process
     /// any more: then there is nothing to do).
