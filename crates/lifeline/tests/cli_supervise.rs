@@ -575,3 +575,48 @@ fn an_adopted_service_keeps_its_notify_socket_and_its_handover_is_followed() {
     let text = stop_cleanly(second, stderr, &pid_file, &state, new);
     assert!(!text.contains("service exited"), "{text}");
 }
+
+#[test]
+fn the_pid_file_and_the_state_file_are_fsynced_before_the_rename_and_their_directory_after() {
+    // strace(1) as the real peer: it sees the system calls, in order. A rename that reaches the
+    // disk before the file's data leaves a zero-length file after a power loss.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file, trace) =
+        (dir.path().join("svc.state"), dir.path().join("svc.pid"), dir.path().join("trace"));
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["supervise", "--restart", "on-failure", "--pidfile"])
+        .arg(&pid_file)
+        .arg("--state")
+        .arg(&state)
+        .args(["--", "true"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run strace (installed by .ci/run)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let lines: Vec<&str> = text.lines().collect();
+    let dir_shown = format!("<{}>", dir.path().display());
+    for file in [&pid_file, &state] {
+        let shown = format!("\"{}\"", file.display());
+        let renamed = lines
+            .iter()
+            .position(|l| l.contains("rename") && l.trim_end().ends_with("= 0") && l.contains(&shown))
+            .unwrap_or_else(|| panic!("no rename onto {}:\n{text}", file.display()));
+        // renameat2(AT_FDCWD<...>, "/dir/.svc.pid.XXXX.tmp", AT_FDCWD<...>, "/dir/svc.pid", ...)
+        let temp = lines[renamed].split('"').nth(1).expect("the temporary file's name");
+        let synced = lines[..renamed]
+            .iter()
+            .any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&format!("<{temp}>)")));
+        assert!(synced, "{temp} was not fsynced before it was renamed onto {}:\n{text}", file.display());
+        let dir_synced =
+            lines[renamed..].iter().any(|l| l.contains("fsync(") && l.contains(&format!("{dir_shown})")));
+        assert!(
+            dir_synced,
+            "the directory was not fsynced after the rename onto {}:\n{text}",
+            file.display()
+        );
+    }
+}
