@@ -72,7 +72,12 @@
 //!   Only the current main pid is listened to (systemd's `NotifyAccess=main`); note that an
 //!   unprivileged `systemd-notify` sends as itself, not as its parent.
 //! - Pids are never trusted alone: every watched process is held by a pidfd (signals go through
-//!   it), and adoption compares the process start time.
+//!   it; what `/proc` says about it is believed only if the pidfd's process is still running
+//!   after the read), and adoption compares the boot id, the process start time and its uid.
+//! - A state file ([`Snapshot::read`]) is read only if it is a regular file of this user or root
+//!   that nobody else can write; a snapshot's notify socket is bound again (and later removed)
+//!   only if it is verifiably one lifeline created. Nothing lifeline did not create is ever
+//!   signalled, unlinked or removed.
 //! - After a crash, what is left of the crashed process group is stopped before the restart;
 //!   the supervisor never signals its own process group.
 //! - [`Lifetime::DieWithSupervisor`] uses `PR_SET_PDEATHSIG`, which fires when the *thread* that

@@ -93,8 +93,13 @@ impl Supervisor {
 
     /// Resumes supervising the process a [`Snapshot`] describes.
     ///
-    /// The pid must still name the same process: its start time must match the snapshot's,
-    /// otherwise the pid was reused and [`Error::PidReused`] is returned (nothing is signalled).
+    /// The pid must still name the same process: the snapshot must come from this boot
+    /// ([`Error::OtherBoot`]), the process's start time must match the snapshot's (otherwise the
+    /// pid was reused: [`Error::PidReused`]) and so must its uid ([`Error::OtherUid`]). These are
+    /// checked first: a refused snapshot leaves everything as it was (nothing is signalled,
+    /// unlinked or bound). The snapshot's notify socket is bound again only if it is verifiably
+    /// one lifeline created (a socket named `notify` alone in a `lifeline-notify-*` directory of
+    /// ours with mode 0700); otherwise a fresh one is served and the named path is left alone.
     /// The process is watched through a pidfd; when it is not our child its exit status is
     /// unknowable and is reported as [`ExitStatus::Unknown`]. With notification on, the
     /// snapshot's `NOTIFY_SOCKET` is served again so the service's messages keep arriving.
@@ -102,14 +107,28 @@ impl Supervisor {
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(Error::Snapshot { reason: format!("version {}", snapshot.version) });
         }
-        let notify_address = snapshot.notify_socket.clone();
-        let mut task = Task::new_with_notify(self, notify_address.as_deref())?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        // Everything the snapshot claims is checked before anything it names is touched.
         let pid = snapshot.pid;
-        let mut proc = Proc::open(pid as i32, Instant::now(), false)?;
+        let boot_id = sys::boot_id().map_err(|source| Error::BootId { source })?;
+        if snapshot.boot_id != boot_id {
+            return Err(Error::OtherBoot { pid, expected: snapshot.boot_id.clone(), found: boot_id });
+        }
+        let Ok(raw_pid) = i32::try_from(pid) else { return Err(Error::NotRunning { pid }) };
+        let mut proc = Proc::open(raw_pid, Instant::now(), false)?;
         if proc.start_time != snapshot.start_time {
             return Err(Error::PidReused { pid, expected: snapshot.start_time, found: proc.start_time });
         }
-        proc.since_wall = std::time::UNIX_EPOCH + Duration::from_millis(snapshot.since_unix_ms);
+        if proc.uid != snapshot.uid {
+            return Err(Error::OtherUid { pid, expected: snapshot.uid, found: proc.uid });
+        }
+        let notify_address = snapshot.notify_socket.clone();
+        let mut task = Task::new_with_notify(self, notify_address.as_deref())?;
+        proc.since_wall = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(snapshot.since_unix_ms))
+            .unwrap_or_else(SystemTime::now);
         if snapshot.ready || task.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
@@ -298,6 +317,8 @@ struct Proc {
     pgid: i32,
     session: i32,
     start_time: u64,
+    /// Its real uid, when last looked at (for the snapshot).
+    uid: u32,
     /// When supervision of this process began (start, adoption, or becoming main).
     since: Instant,
     since_wall: SystemTime,
@@ -305,32 +326,47 @@ struct Proc {
 }
 
 impl Proc {
-    /// Opens a pidfd first, then reads `/proc` (so the start time read is that of the process the
-    /// pidfd refers to, or of none). A zombie is refused unless `zombie_ok` (our own fresh child).
+    /// Opens a pidfd first, then reads `/proc`, then checks that the pidfd's process is still
+    /// running: so what was read is that of the process the pidfd refers to, never of a process
+    /// that reused the pid. A zombie is refused unless `zombie_ok` (our own fresh child, whose pid
+    /// nobody else can reap and so nobody can reuse).
     fn open(pid: i32, since: Instant, zombie_ok: bool) -> Result<Proc, Error> {
+        Self::open_stat(pid, since, zombie_ok).map(|(proc, _)| proc)
+    }
+
+    /// [`Proc::open`], also returning what `/proc/<pid>/stat` said.
+    fn open_stat(pid: i32, since: Instant, zombie_ok: bool) -> Result<(Proc, sys::ProcStat), Error> {
         let upid = pid as u32;
+        let not_running = |source: io::Error| match source.kind() {
+            io::ErrorKind::NotFound => Error::NotRunning { pid: upid },
+            _ => Error::ProcStat { pid: upid, source },
+        };
         let fd = sys::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => Error::NotRunning { pid: upid },
             _ => Error::Pidfd { pid: upid, source },
         })?;
-        let stat = sys::read_stat(pid).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => Error::NotRunning { pid: upid },
-            _ => Error::ProcStat { pid: upid, source },
-        })?;
-        if stat.is_zombie() && !zombie_ok {
+        let stat = sys::read_stat(pid).map_err(not_running)?;
+        let real_uid = sys::read_uid(pid).map_err(not_running)?;
+        if !zombie_ok && (stat.is_zombie() || sys::pidfd_exited(fd.as_fd())) {
             return Err(Error::NotRunning { pid: upid });
         }
         let fd = sys::async_fd(fd).map_err(|source| Error::Pidfd { pid: upid, source })?;
-        Ok(Proc {
+        let proc = Proc {
             pid,
             fd,
             pgid: stat.pgrp,
             session: stat.session,
             start_time: stat.start_time,
+            uid: real_uid,
             since,
             since_wall: SystemTime::now(),
             ready_at: None,
-        })
+        };
+        Ok((proc, stat))
+    }
+
+    fn exited(&self) -> bool {
+        sys::pidfd_exited(self.fd.as_fd())
     }
 }
 
@@ -367,6 +403,8 @@ struct Task {
     pid_file: Option<PidFile>,
     own_pid: i32,
     own_pgid: i32,
+    /// This boot's id, for snapshots (empty if it cannot be read: no snapshot is then adoptable).
+    boot_id: String,
     /// Process groups and sessions of every main process so far: where orphans are reaped and
     /// leftovers are stopped.
     pgids: BTreeSet<i32>,
@@ -457,6 +495,10 @@ impl Task {
             sigchld,
             own_pid: std::process::id() as i32,
             own_pgid: nix::unistd::getpgrp().as_raw(),
+            boot_id: sys::boot_id().unwrap_or_else(|err| {
+                tracing::warn!(%err, "cannot read the boot id; snapshots of this service cannot be adopted");
+                String::new()
+            }),
             pgids: BTreeSet::new(),
             sessions: BTreeSet::new(),
             reaped: HashMap::new(),
@@ -542,6 +584,13 @@ impl Task {
     /// Writes the pid file (if `pid_file_too`) and the state file for the current main process.
     /// A failure leaves the previous files intact and schedules another try.
     fn write_files(&mut self, pid_file_too: bool) -> Result<(), Error> {
+        if let Some(main) = self.main.as_mut()
+            && let Ok(uid) = sys::read_uid(main.pid)
+            && !main.exited()
+        {
+            // The uid it runs as now (a service may drop privileges after its start).
+            main.uid = uid;
+        }
         let Some(main) = &self.main else { return Ok(()) };
         let mut result = Ok(());
         if pid_file_too && let Some(pid_file) = &self.pid_file {
@@ -571,6 +620,8 @@ impl Task {
             pid: main.pid as u32,
             pgid: main.pgid as u32,
             start_time: main.start_time,
+            boot_id: self.boot_id.clone(),
+            uid: main.uid,
             since_unix_ms: unix_ms(main.since_wall),
             command: self.command.clone(),
             ready: main.ready_at.is_some(),

@@ -55,6 +55,16 @@ fn nix_signal(signal: Signal) -> io::Result<nix::sys::signal::Signal> {
     nix::sys::signal::Signal::try_from(signal.as_raw()).map_err(io::Error::from)
 }
 
+/// Whether the process a pidfd refers to has exited (now, without waiting).
+pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd that lives across the call; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+    // An error (EINTR, ENOMEM) says nothing about the process: count it as running, which is the
+    // cautious answer for every caller (it re-checks, or does not trust what it read).
+    rc > 0
+}
+
 /// What `waitpid(pid, WNOHANG)` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reaped {
@@ -136,6 +146,25 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
         // Field 22 overall; field 3 (state) is index 0 here.
         start_time: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// The real uid of `pid`, from the `Uid:` line of `/proc/<pid>/status`.
+pub(crate) fn read_uid(pid: i32) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Uid:")?.split_ascii_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid: line in /proc/<pid>/status"))
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): start times count from the boot, so a
+/// pid and start time name one process only together with it.
+pub(crate) fn boot_id() -> io::Result<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let id = text.trim();
+    if id.is_empty() || id.len() > 64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected boot_id"));
+    }
+    Ok(id.to_owned())
 }
 
 /// Every live (non-zombie) process whose process group is in `pgids`, by scanning `/proc`.

@@ -125,3 +125,61 @@ async fn abstract_sockets_work_and_rebinding_a_kept_path_works() {
     client.send_to(b"READY=1", &kept).expect("send");
     assert_eq!(again.recv().await.expect("recv").text, "READY=1");
 }
+
+#[tokio::test]
+async fn the_private_directory_has_mode_0700_and_holds_only_the_socket() {
+    use std::os::unix::fs::MetadataExt as _;
+    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let path = PathBuf::from(server.address());
+    let dir = path.parent().expect("dir");
+    assert_eq!(std::fs::metadata(dir).expect("stat dir").mode() & 0o7777, 0o700);
+    let euid = nix::unistd::geteuid().as_raw();
+    assert_eq!(created_by_lifeline(&path, euid).as_deref(), Ok(dir));
+}
+
+#[tokio::test]
+async fn a_path_lifeline_did_not_create_is_never_rebound_or_removed() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let euid = nix::unistd::geteuid().as_raw();
+    let root = tempfile::tempdir().expect("tempdir");
+    // Each case: a socket file somewhere, and what makes it not lifeline's.
+    let cases: [(&str, &str, u32, bool); 5] = [
+        ("not-prefixed", "notify", 0o700, false),
+        ("lifeline-notify-x", "other.sock", 0o700, false),
+        ("lifeline-notify-y", "notify", 0o755, false),
+        ("lifeline-notify-z", "notify", 0o700, true),
+        ("lifeline-notify-ok", "notify", 0o700, false),
+    ];
+    for (dir_name, file, mode, extra_file) in cases {
+        let dir = root.path().join(dir_name);
+        std::fs::create_dir(&dir).expect("mkdir");
+        let path = dir.join(file);
+        let _bound = UnixDatagram::bind(&path).expect("bind");
+        if extra_file {
+            std::fs::write(dir.join("precious"), "keep").expect("write");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let verdict = created_by_lifeline(&path, euid);
+        let rebound = NotifySocket::rebind(&path.display().to_string());
+        if dir_name == "lifeline-notify-ok" {
+            assert_eq!(verdict.as_deref(), Ok(dir.as_path()));
+            drop(rebound.expect("ours: rebound"));
+            assert!(!dir.exists(), "ours: removed when done");
+            continue;
+        }
+        assert!(verdict.is_err(), "{dir_name}/{file}: {verdict:?}");
+        let err = rebound.expect_err("refused").to_string();
+        assert!(err.contains("not a notify socket lifeline created"), "{err}");
+        assert!(path.exists(), "{dir_name}/{file} was unlinked");
+        if extra_file {
+            assert_eq!(std::fs::read_to_string(dir.join("precious")).expect("kept"), "keep");
+        }
+    }
+    // A symlink to a directory of ours is not our directory.
+    let ours = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let real = PathBuf::from(ours.address());
+    let link = root.path().join("lifeline-notify-link");
+    std::os::unix::fs::symlink(real.parent().expect("dir"), &link).expect("symlink");
+    assert!(created_by_lifeline(&link.join("notify"), euid).is_err());
+    assert!(real.exists());
+}

@@ -54,8 +54,10 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     restart: Restart,
     /// Keep a snapshot of the service in FILE (JSON, replaced atomically); on start, adopt the
-    /// process it names if it still runs (same pid and start time) instead of starting CMD. A
-    /// stale snapshot is ignored. Removed on a clean stop. One supervisor per FILE (FILE.lock).
+    /// process it names if it still runs (same boot, pid, start time and uid) instead of starting
+    /// CMD. A stale snapshot is ignored; a FILE that is a symlink, not ours (or root's), or
+    /// writable by group or others is refused. Removed on a clean stop. One supervisor per FILE
+    /// (FILE.lock).
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Send the service --stop-signal when the supervisor dies, even by SIGKILL (default: the
@@ -205,6 +207,9 @@ fn adopt_or_spawn(
         Err(Error::ReadSnapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(supervisor().spawn()?);
         }
+        // Whoever could write it could make us adopt (and later signal) any process: refuse, and
+        // start nothing (a second instance beside a running one is no better).
+        Err(err @ Error::UntrustedFile { .. }) => return Err(err.into()),
         Err(err) => {
             eprintln!("lifeline: ignoring state file {shown}: {err}; starting the command");
             return Ok(supervisor().spawn()?);
@@ -225,7 +230,12 @@ fn adopt_or_spawn(
             eprintln!("{line}");
             Ok(supervised)
         }
-        Err(err @ (Error::NotRunning { .. } | Error::PidReused { .. })) => {
+        Err(
+            err @ (Error::NotRunning { .. }
+            | Error::PidReused { .. }
+            | Error::OtherBoot { .. }
+            | Error::OtherUid { .. }),
+        ) => {
             eprintln!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
             Ok(supervisor().spawn()?)
         }
