@@ -166,7 +166,8 @@ fn the_stop_signal_is_configurable_and_sigkill_follows_the_grace_period() {
         .spawn()
         .expect("spawn");
     wait_for("the trap", || ready.exists().then_some(()));
-    let pid = read_pid(&pid_file).expect("pid file");
+    // The supervisor writes the pid file after the start; the service may be quicker.
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
     let began = Instant::now();
     signal(sup.id(), Signal::SIGTERM);
     let (status, _, stderr) = finish(sup);
@@ -530,7 +531,8 @@ fn with_die_with_supervisor_a_sigkill_of_the_supervisor_sends_the_service_the_st
         .spawn()
         .expect("spawn");
     wait_for("the trap", || ready.exists().then_some(()));
-    let pid = read_pid(&pid_file).expect("pid file");
+    // The supervisor writes the pid file after the start; the service may be quicker.
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
     sigkill(sup);
     wait_for("the service to die with its supervisor", || (!alive(pid)).then_some(()));
     assert_eq!(std::fs::read_to_string(&got).expect("the service got a signal").trim(), "USR1");
