@@ -17,7 +17,7 @@ use keepalive::{
     Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, Notify, Readiness,
     Signal, Snapshot, StopOutcome, Supervisor,
 };
-use keepalive_common::{is_gone, kill, next, read_pids, started_pid, until, wait_gone};
+use keepalive_common::{Held, is_gone, kill, next, read_pids, started_pid, until, wait_gone};
 use lifeline_tests::wait_for;
 
 const CRASH_LOOPER: &str = env!("CARGO_BIN_EXE_keepalive-crash-looper");
@@ -27,6 +27,7 @@ const NOTIFY: &str = env!("CARGO_BIN_EXE_keepalive-notify");
 const WATCHDOG: &str = env!("CARGO_BIN_EXE_keepalive-watchdog");
 const HANDOVER: &str = env!("CARGO_BIN_EXE_keepalive-handover");
 const DETACHER: &str = env!("CARGO_BIN_EXE_keepalive-detacher");
+const STRAY: &str = env!("CARGO_BIN_EXE_keepalive-stray");
 
 fn path(p: &Path) -> String {
     p.display().to_string()
@@ -641,6 +642,33 @@ async fn mainpid_naming_a_process_outside_the_service_is_ignored() {
     assert!(stranger.try_wait().expect("try_wait").is_none(), "the stranger was not signalled");
     stranger.kill().expect("kill");
     stranger.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mainpid_naming_a_process_of_an_earlier_session_of_the_service_is_ignored() {
+    // Session ids of earlier main processes are no longer the service's (and can be reused by
+    // anyone once empty): only the current main process's session, or its descendants, count.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let supervised = Supervisor::new(Command::new(STRAY).args(["--dir", &path(dir.path())]))
+        .config(config)
+        .policy(Backoff::scaled(Duration::from_millis(10)))
+        .spawn()
+        .expect("spawn");
+    let mut events = supervised.events();
+    // Either the stray was followed (the bug) or the service's own next message arrives.
+    let seen =
+        until(&mut events, |k| matches!(k, EventKind::Status { .. } | EventKind::MainPidChanged { .. }))
+            .await;
+    let stray = Held::new(read_pids(&dir.path().join("stray"))[0]);
+    let second = seen.iter().rev().find_map(|e| started_pid(&e.kind)).expect("the second start");
+    assert!(!seen.iter().any(|e| matches!(e.kind, EventKind::MainPidChanged { .. })), "{seen:?}");
+    assert_eq!(supervised.pid(), Some(second), "supervision stayed with the service");
+    assert!(
+        matches!(supervised.stop().await.expect("stop"), StopOutcome::Exited { pid, .. } if pid == second)
+    );
+    assert!(!stray.has_exited(), "the stray of the old session was signalled");
+    kill(stray.pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

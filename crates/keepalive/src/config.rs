@@ -191,7 +191,25 @@ pub struct Config {
     /// the service are re-parented to this process instead of init, so a handover successor
     /// becomes our child when its parent exits (its exit status is then known) and orphans are
     /// reaped here (default: off; `lifeline supervise` turns it on).
+    ///
+    /// Which orphans the supervisor reaps, and which it stops with the service, depends on
+    /// [`dedicated`](Config::dedicated): by default only those it can attribute to the service.
     pub subreaper: bool,
+    /// This process exists only to supervise this one service (`lifeline supervise` is such a
+    /// process): every child it has, and every descendant, is the service's (default: off).
+    ///
+    /// With it, the supervisor reaps *every* child that exits (with [`subreaper`](Config::subreaper),
+    /// also orphans that moved to a session of their own with `setsid()`, which nothing else ties
+    /// to the service), a stop waits until the process has no descendant left (signalling each
+    /// with the stop signal, then `SIGKILL`), and a child re-parented to it may become the main
+    /// process through `MAINPID=`. Never turn it on in a process with children of its own: they
+    /// would be reaped (their exit statuses lost to whoever spawned them) and stopped.
+    ///
+    /// Without it, the supervisor reaps and stops only what it can attribute to the service: the
+    /// main process and previous ones still draining, their process groups, their current
+    /// sessions and their descendants (an orphan that called `setsid()` after its parent exited
+    /// is none of these, and is left to its new parent, possibly as a zombie).
+    pub dedicated: bool,
 }
 
 impl Default for Config {
@@ -209,6 +227,7 @@ impl Default for Config {
             watchdog_signal: Signal::ABRT,
             start_timeout: None,
             subreaper: false,
+            dedicated: false,
         }
     }
 }

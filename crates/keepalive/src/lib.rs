@@ -64,11 +64,19 @@
 //! - [`Config::subreaper`] (`PR_SET_CHILD_SUBREAPER`) is process-wide and set when the first such
 //!   supervisor starts, *before* the service can fork a successor, so that orphans and successors
 //!   are re-parented to us. The supervisor then reaps only processes in the service's own process
-//!   groups and sessions; other children of the process are left to whoever started them.
+//!   groups and sessions; other children of the process are left to whoever started them. A
+//!   process that exists only for one service (as `lifeline supervise` does) sets
+//!   [`Config::dedicated`]: every child is then the service's, reaped (also orphans that called
+//!   `setsid()`) and stopped with it.
+//! - A stop reaches everything of the service, not only the main process's group: previous main
+//!   processes still draining, everything in their sessions and everything descending from them
+//!   (a handover successor that is not ready yet, in a process group of its own), and
+//!   (dedicated) every descendant of the supervisor; it ends only when none is left.
 //! - A handover is recognised by the *old* main process sending `MAINPID=<new pid>` before it
 //!   exits. The supervisor reads all queued notifications before it decides that the main process
 //!   crashed, so the order "send, then exit" is enough; the new pid must be alive and belong to the
-//!   service (descend from the old main process or from the supervisor, or share a session).
+//!   service *now*: descend from the current main process or share its session (or, dedicated, be
+//!   a child of the supervisor) — never merely share a session an earlier main process had.
 //!   Only the current main pid is listened to (systemd's `NotifyAccess=main`); note that an
 //!   unprivileged `systemd-notify` sends as itself, not as its parent.
 //! - Pids are never trusted alone: every watched process is held by a pidfd (signals go through

@@ -163,6 +163,17 @@ pub enum StopOutcome {
         /// How long the stop took.
         after: Duration,
     },
+    /// Processes of the service were still there 10 s after `SIGKILL` (uninterruptible sleep,
+    /// usually on a hung file system): the stop could not finish. They are named; nothing more
+    /// is done about them.
+    Stuck {
+        /// The main pid, if there was a main process.
+        pid: Option<u32>,
+        /// The pids still there.
+        survivors: Vec<u32>,
+        /// How long the stop took.
+        after: Duration,
+    },
 }
 
 /// Why a supervisor finished.
@@ -281,8 +292,15 @@ impl Supervised {
         finished
     }
 
-    /// Stops the service: the stop signal to its process group (and to any previous main process
-    /// still draining after a handover), `SIGKILL` after the grace period; removes the pid file.
+    /// Stops the service: the stop signal to its process group, to any previous main process
+    /// still draining after a handover, to everything in their sessions and to everything that
+    /// descends from them (a successor that is not ready yet), and with [`Config::dedicated`] to
+    /// every descendant of this process; `SIGKILL` after the grace period. Processes that appear
+    /// meanwhile are stopped too. Removes the pid file and the state file.
+    ///
+    /// It returns once none of them is left ([`StopOutcome::Exited`] or
+    /// [`StopOutcome::Killed`]), or once some have survived `SIGKILL` for 10 s
+    /// ([`StopOutcome::Stuck`]).
     pub async fn stop(mut self) -> Result<StopOutcome, Error> {
         // If the task has already finished, the send fails and `wait` reports why.
         let _ = self.requests.send(Request::Stop).await;
@@ -368,6 +386,10 @@ impl Proc {
     fn exited(&self) -> bool {
         sys::pidfd_exited(self.fd.as_fd())
     }
+
+    fn target(&self) -> group::Target<'_> {
+        group::Target { pid: self.pid, pidfd: &self.fd, pgid: self.pgid }
+    }
 }
 
 /// What ended a stretch of supervising the main process.
@@ -403,10 +425,12 @@ struct Task {
     pid_file: Option<PidFile>,
     own_pid: i32,
     own_pgid: i32,
+    own_session: i32,
     /// This boot's id, for snapshots (empty if it cannot be read: no snapshot is then adoptable).
     boot_id: String,
-    /// Process groups and sessions of every main process so far: where orphans are reaped and
-    /// leftovers are stopped.
+    /// Process groups and sessions of main processes so far, forgotten once nobody is left in
+    /// them: where orphans are reaped (without [`Config::dedicated`]). Not where leftovers are
+    /// stopped, nor what `MAINPID=` may name: those look only at the current processes.
     pgids: BTreeSet<i32>,
     sessions: BTreeSet<i32>,
     /// Exit statuses collected while reaping orphans, for processes we also watch by pidfd.
@@ -458,7 +482,7 @@ impl Task {
         } else {
             None
         };
-        let sigchld = if config.subreaper {
+        let sigchld = if config.subreaper || config.dedicated {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
                 Ok(signal) => Some(signal),
                 Err(err) => {
@@ -495,6 +519,7 @@ impl Task {
             sigchld,
             own_pid: std::process::id() as i32,
             own_pgid: nix::unistd::getpgrp().as_raw(),
+            own_session: nix::unistd::getsid(None).map_or(-1, nix::unistd::Pid::as_raw),
             boot_id: sys::boot_id().unwrap_or_else(|err| {
                 tracing::warn!(%err, "cannot read the boot id; snapshots of this service cannot be adopted");
                 String::new()
@@ -805,9 +830,11 @@ impl Task {
                 () = tokio::time::sleep_until(until) => return None,
                 request = self.requests.recv() => match request {
                     Some(Request::Stop) => {
-                        self.remove_files();
-                        self.emit(EventKind::Stopped { outcome: StopOutcome::NotRunning });
-                        return Some(Finished::Stopped(StopOutcome::NotRunning));
+                        // Nothing is the main process, but previous ones may still drain, and
+                        // (dedicated) orphans may be left: the stop covers them.
+                        let outcome = self.stop().await;
+                        self.emit(EventKind::Stopped { outcome: outcome.clone() });
+                        return Some(Finished::Stopped(outcome));
                     }
                     Some(Request::Detach(reply) | Request::Signal(_, reply)) => {
                         let _ = reply.send(Err(Error::NothingRunning));
@@ -915,24 +942,21 @@ impl Task {
             return;
         }
         let old_ready = old.ready_at.is_some();
-        // Like systemd's cgroup check: the new main pid must belong to the service. It descends from
-        // the current main process, or lives in one of the service's sessions, or (as subreaper)
-        // was re-parented to us because its parent, the old main process, has already exited.
-        let belongs = sys::descends_from(new, &[old.pid])
-            || sys::read_stat(new).is_ok_and(|s| {
-                self.sessions.contains(&s.session) || (self.config.subreaper && s.ppid == self.own_pid)
-            });
-        if !belongs {
-            tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
-            return;
-        }
-        let mut proc = match Proc::open(new, Instant::now(), false) {
-            Ok(proc) => proc,
+        // The pidfd first: from here on `new` cannot come to mean another process unnoticed.
+        let (mut proc, stat) = match Proc::open_stat(new, Instant::now(), false) {
+            Ok(opened) => opened,
             Err(err) => {
                 tracing::warn!(new, %err, "ignoring MAINPID=: not a running process");
                 return;
             }
         };
+        // Like systemd's cgroup check, the new main pid must belong to the service *now*.
+        let belongs = self.is_successor(old, &stat);
+        // What /proc said was about the process the pidfd holds only if it is still running.
+        if !belongs || proc.exited() {
+            tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
+            return;
+        }
         if old_ready || self.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
@@ -946,6 +970,29 @@ impl Task {
             tracing::error!(%err, "cannot update the file; keeping the previous one");
         }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
+    }
+
+    /// Whether the process `stat` describes may become the main process after `old`: it descends
+    /// from `old` (while `old`'s pid is still `old`'s), or it is in `old`'s session (a session id
+    /// held by a running or unreaped process cannot be reused), or — a dedicated subreaper — it
+    /// is our child, which every child of a dedicated supervisor is the service's. Sessions of
+    /// earlier main processes do not count: they may be empty and their ids reused by anyone.
+    fn is_successor(&self, old: &Proc, stat: &sys::ProcStat) -> bool {
+        if stat.pid <= 1
+            || stat.pid == self.own_pid
+            || stat.pgrp == self.own_pgid
+            || stat.session == self.own_session
+        {
+            return false;
+        }
+        let old_holds_its_pid = !old.exited() || sys::is_unreaped_child(old.pid);
+        if old_holds_its_pid && sys::descends_from(stat.pid, &[old.pid]) {
+            return true;
+        }
+        if stat.session == old.session {
+            return true;
+        }
+        self.config.subreaper && self.config.dedicated && stat.ppid == self.own_pid
     }
 
     // ---- exits, reaping, stopping -----------------------------------------------------------
@@ -965,22 +1012,29 @@ impl Task {
         }
     }
 
-    /// As a subreaper, reaps the service's orphans (processes in its groups or sessions that were
-    /// re-parented to us), keeping the statuses of processes we also watch.
+    /// Reaps the service's exited orphans, keeping the statuses of processes we also watch.
+    ///
+    /// A dedicated supervisor reaps every child (all are the service's). Otherwise only children
+    /// it can attribute to the service: in one of its process groups or sessions (the library
+    /// user's other children are left alone).
     fn reap_orphans(&mut self) {
         let watched: Vec<i32> = self.main.iter().chain(&self.retired).map(|p| p.pid).collect();
         let mut found = Vec::new();
-        for &pgid in &self.pgids {
-            sys::reap_group(pgid, |pid, status| found.push((pid, status)));
-        }
-        // Orphans that moved to a group of their own but stayed in the service's session.
-        for child in sys::own_children().unwrap_or_default() {
-            if let Ok(stat) = sys::read_stat(child)
-                && stat.is_zombie()
-                && self.sessions.contains(&stat.session)
-                && let Reaped::Exited(status) = sys::try_reap(child)
-            {
-                found.push((child, status));
+        if self.config.dedicated {
+            sys::reap_any(|pid, status| found.push((pid, status)));
+        } else {
+            for &pgid in &self.pgids {
+                sys::reap_group(pgid, |pid, status| found.push((pid, status)));
+            }
+            // Orphans that moved to a group of their own but stayed in a session of the service.
+            for child in sys::own_children().unwrap_or_default() {
+                if let Ok(stat) = sys::read_stat(child)
+                    && stat.is_zombie()
+                    && self.sessions.contains(&stat.session)
+                    && let Reaped::Exited(status) = sys::try_reap(child)
+                {
+                    found.push((child, status));
+                }
             }
         }
         for (pid, status) in found {
@@ -990,9 +1044,16 @@ impl Task {
                 tracing::debug!(pid, %status, "reaped an orphan");
             }
         }
-        // Forget groups that are empty and belong to nobody we watch.
-        let keep: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.pgid).collect();
-        self.pgids.retain(|pgid| keep.contains(pgid) || sys::kill_group(*pgid, Signal::from_raw(0)).is_ok());
+        // Forget groups and sessions that are empty and belong to nobody we watch: once empty, their
+        // ids can be reused by anyone.
+        let keep_groups: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.pgid).collect();
+        self.pgids
+            .retain(|pgid| keep_groups.contains(pgid) || sys::kill_group(*pgid, Signal::from_raw(0)).is_ok());
+        let keep_sessions: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.session).collect();
+        if self.sessions.iter().any(|s| !keep_sessions.contains(s)) {
+            let live: BTreeSet<i32> = sys::process_table().iter().map(|s| s.session).collect();
+            self.sessions.retain(|s| keep_sessions.contains(s) || live.contains(s));
+        }
     }
 
     /// After a crash: stop what is left of the crashed main process's group.
@@ -1005,8 +1066,14 @@ impl Task {
             return;
         }
         tracing::info!(pgid, "stopping what is left of the crashed process group");
-        let killed = group::terminate(&[], &groups, self.config.stop_signal, self.config.grace).await;
-        self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed });
+        let ended = group::terminate(
+            &[],
+            &group::Scope::groups(groups),
+            self.config.stop_signal,
+            Some(self.config.grace),
+        )
+        .await;
+        self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed: ended.killed });
     }
 
     /// The main process missed its watchdog deadline: `watchdog_signal` to its group (a core
@@ -1040,46 +1107,61 @@ impl Task {
         let main = self.main.take()?;
         self.watchdog_deadline = None;
         self.start_deadline = None;
-        let groups = self.signalable(&[main.pgid]);
-        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
-        group::terminate(&[target], &groups, signal, self.config.grace).await;
+        let scope = group::Scope::groups(self.signalable(&[main.pgid]));
+        group::terminate(&[main.target()], &scope, signal, Some(self.config.grace)).await;
         let status = self.collect_status(main.pid);
         Some(Outcome::Exited { pid: main.pid, pgid: main.pgid, exit: exit_of(&main, status, cause) })
     }
 
+    /// Stops the service: the main process, previous ones still draining, their process groups,
+    /// everything in their sessions and everything that descends from them (a successor not ready
+    /// yet, in a group of its own) — and, dedicated, every descendant of this process. Processes
+    /// that join while it waits (forks, orphans re-parented to us) are stopped too; it ends only
+    /// when none is left (or they survived `SIGKILL`).
     async fn stop(&mut self) -> StopOutcome {
         self.drain_notify();
         self.publish(State::Stopping);
-        let Some(main) = self.main.take() else {
-            self.remove_files();
-            return StopOutcome::NotRunning;
-        };
+        self.watchdog_deadline = None;
+        self.start_deadline = None;
+        let main = self.main.take();
         let retired = std::mem::take(&mut self.retired);
-        let pgids: Vec<i32> = std::iter::once(main.pgid).chain(retired.iter().map(|r| r.pgid)).collect();
-        let groups = self.signalable(&pgids);
-        let targets: Vec<group::Target<'_>> = std::iter::once(&main)
-            .chain(&retired)
-            .map(|p| group::Target { pidfd: &p.fd, pgid: p.pgid })
-            .collect();
+        let procs: Vec<&Proc> = main.iter().chain(&retired).collect();
+        let scope = group::Scope {
+            groups: self.signalable(&procs.iter().map(|p| p.pgid).collect::<Vec<_>>()),
+            sessions: procs.iter().map(|p| p.session).filter(|s| *s != self.own_session && *s > 1).collect(),
+            target_descendants: true,
+            our_descendants: self.config.dedicated,
+        };
+        let targets: Vec<group::Target<'_>> = procs.iter().map(|p| p.target()).collect();
+        let anything = !targets.is_empty() || !group::members(&targets, &scope).is_empty();
         let began = Instant::now();
-        tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
-        let killed = group::terminate(&targets, &groups, self.config.stop_signal, self.config.grace).await;
+        let ended = if anything {
+            if let Some(main) = &main {
+                tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
+            } else {
+                tracing::info!(signal = %self.config.stop_signal, "stopping what is left of the service");
+            }
+            group::terminate(&targets, &scope, self.config.stop_signal, Some(self.config.grace)).await
+        } else {
+            group::Ended::default()
+        };
         let after = began.elapsed();
         // Our own processes first: reaping orphans would take (and drop) their statuses.
-        let status = self.collect_status(main.pid);
+        let status = main.as_ref().map(|m| self.collect_status(m.pid));
         for old in &retired {
             let old_status = self.collect_status(old.pid);
             tracing::debug!(pid = old.pid, status = %old_status, "previous main process stopped");
         }
-        if self.config.subreaper {
+        if self.config.subreaper || self.config.dedicated {
             self.reap_orphans();
         }
         self.remove_files();
-        let pid = main.pid as u32;
-        if killed {
-            StopOutcome::Killed { pid, status, after }
-        } else {
-            StopOutcome::Exited { pid, status, after }
+        let pid = main.as_ref().map(|m| m.pid as u32);
+        match (pid, status) {
+            _ if !ended.survivors.is_empty() => StopOutcome::Stuck { pid, survivors: ended.survivors, after },
+            (Some(pid), Some(status)) if ended.killed => StopOutcome::Killed { pid, status, after },
+            (Some(pid), Some(status)) => StopOutcome::Exited { pid, status, after },
+            _ => StopOutcome::NotRunning,
         }
     }
 

@@ -65,6 +65,24 @@ pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
     rc > 0
 }
 
+/// Whether `pid` is our child that has exited and not been reaped yet: its pid (and the process
+/// group and session it leads) cannot be reused until we reap it.
+pub(crate) fn is_unreaped_child(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into the siginfo we own; WNOWAIT leaves the child reapable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &raw mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed, where si_pid reads 0).
+    rc == 0 && unsafe { info.si_pid() } == pid
+}
+
 /// What `waitpid(pid, WNOHANG)` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reaped {
@@ -94,6 +112,20 @@ pub(crate) fn reap_group(pgid: i32, mut found: impl FnMut(i32, ExitStatus)) {
         let mut status = 0;
         // SAFETY: as in `try_reap`.
         let rc = unsafe { libc::waitpid(-pgid, &raw mut status, libc::WNOHANG) };
+        if rc <= 0 {
+            return;
+        }
+        found(rc, ExitStatus::from_wait_status(status));
+    }
+}
+
+/// Reaps every exited child of ours (`waitpid(-1, WNOHANG)` until none): for a process whose
+/// every child is the service's ([`Config::dedicated`](crate::Config::dedicated)).
+pub(crate) fn reap_any(mut found: impl FnMut(i32, ExitStatus)) {
+    loop {
+        let mut status = 0;
+        // SAFETY: as in `try_reap`.
+        let rc = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
         if rc <= 0 {
             return;
         }
@@ -146,6 +178,17 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
         // Field 22 overall; field 3 (state) is index 0 here.
         start_time: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Every process (zombies included), by scanning `/proc` once. A process that exits during the
+/// scan may be missing; one that starts during it may be missing too.
+pub(crate) fn process_table() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| read_stat(pid).ok())
+        .collect()
 }
 
 /// The real uid of `pid`, from the `Uid:` line of `/proc/<pid>/status`.

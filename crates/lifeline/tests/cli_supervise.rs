@@ -578,6 +578,40 @@ fn an_adopted_service_keeps_its_notify_socket_and_its_handover_is_followed() {
     assert!(!text.contains("service exited"), "{text}");
 }
 
+#[test]
+fn an_orphan_that_moved_to_a_session_of_its_own_is_reaped() {
+    // `lifeline supervise` is a process of its own: every child it has is the service's, also an
+    // orphan that called setsid() (no group or session ties it to the service any more).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (orphan_file, pid_file) = (dir.path().join("orphan"), dir.path().join("svc.pid"));
+    let script = format!(
+        "(setsid sleep 600 & echo $! > {o}.tmp && mv {o}.tmp {o}); exec sleep 600",
+        o = orphan_file.display()
+    );
+    let mut sup = lifeline()
+        .args(["supervise", "--pidfile"])
+        .arg(&pid_file)
+        .args(["--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = Stderr::of(&mut sup);
+    let main = wait_for("the pid file", || read_pid(&pid_file));
+    let orphan = wait_for("the orphan's pid", || read_pid(&orphan_file));
+    let session = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(3)?.parse().ok()
+    };
+    wait_for("the orphan to lead a session of its own and be re-parented to the supervisor", || {
+        (session(orphan) == Some(orphan) && ppid(orphan) == Some(sup.id() as i32)).then_some(())
+    });
+    signal(orphan as u32, Signal::SIGKILL);
+    wait_for("the orphan to be reaped (not left a zombie)", || {
+        (!Path::new(&format!("/proc/{orphan}")).exists()).then_some(())
+    });
+    stop_cleanly(sup, stderr, &pid_file, &dir.path().join("no-state"), main);
+}
+
 /// A state file holding a snapshot of `pid` (a live process of ours) with `edit` applied to its
 /// JSON: what a stale or tampered file looks like.
 fn tampered_snapshot(pid: u32, edit: impl FnOnce(&mut serde_json::Value)) -> String {

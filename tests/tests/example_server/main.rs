@@ -10,6 +10,7 @@ mod certs;
 mod control;
 mod handover;
 mod serving;
+mod stop_mid_restart;
 mod supervised;
 mod support;
 mod systemd;

@@ -112,6 +112,9 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
         // Orphans of the service are re-parented to us and reaped; a handover successor becomes
         // our child once its parent exits, so its exit status stays known.
         subreaper: true,
+        // This process exists only for the service: every child is its, every one is reaped
+        // (also orphans that called setsid()), and a stop ends only when none is left.
+        dedicated: true,
         ..Config::default()
     };
     let (program, rest) = args.cmd.split_first().context("no command given")?;
@@ -157,9 +160,17 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
             }
             Action::Stop => {
                 // A stop that needed SIGKILL is still a stop: the service is gone, exit 0 (the
-                // library has logged a warning).
-                let _outcome: StopOutcome = supervised.stop().await?;
-                return Ok(ExitCode::SUCCESS);
+                // library has logged a warning). Exit 0 means nothing of it is left running.
+                match supervised.stop().await? {
+                    StopOutcome::Stuck { survivors, .. } => {
+                        let pids: Vec<String> = survivors.iter().map(u32::to_string).collect();
+                        anyhow::bail!(
+                            "stopped `{display}`, but pid {} survived SIGKILL (uninterruptible sleep?)",
+                            pids.join(", ")
+                        )
+                    }
+                    _ => return Ok(ExitCode::SUCCESS),
+                }
             }
             Action::Finished(Finished::GaveUp { reason, last }) => {
                 anyhow::bail!("gave up on `{display}`: {reason}; last exit: {last}")
