@@ -86,6 +86,8 @@
 //!   that nobody else can write; a snapshot's notify socket is bound again (and later removed)
 //!   only if it is verifiably one lifeline created. Nothing lifeline did not create is ever
 //!   signalled, unlinked or removed.
+//! - Durations from the configuration or from the service (`WATCHDOG_USEC=`) too long to add to
+//!   the clock mean "never"; nothing overflows.
 //! - After a crash, what is left of the crashed process group is stopped before the restart;
 //!   the supervisor never signals its own process group.
 //! - [`Lifetime::DieWithSupervisor`] uses `PR_SET_PDEATHSIG`, which fires when the *thread* that

@@ -580,7 +580,8 @@ impl Task {
         let installed = self.install_main(proc);
         // After install_main, which clears it for whichever process becomes the main one.
         if awaits_ready {
-            self.start_deadline = self.config.start_timeout.map(|timeout| started + timeout);
+            // A timeout too long to add to the clock never expires.
+            self.start_deadline = self.config.start_timeout.and_then(|timeout| started.checked_add(timeout));
         }
         self.emit(EventKind::Started { pid, attempt: self.starts });
         installed
@@ -598,7 +599,8 @@ impl Task {
             self.pgids.insert(proc.pgid);
         }
         self.sessions.insert(proc.session);
-        self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
+        self.watchdog_deadline =
+            self.watchdog_interval.and_then(|interval| Instant::now().checked_add(interval));
         self.start_deadline = None;
         self.main = Some(proc);
         let written = self.write_files(true);
@@ -824,10 +826,11 @@ impl Task {
     /// Waits `delay` before a restart, still answering requests and reaping.
     async fn backoff(&mut self, delay: Duration) -> Option<Finished> {
         self.publish(State::BackingOff);
-        let until = tokio::time::Instant::now() + delay;
+        // A delay too long to add to the clock is waited out for ever (until a stop).
+        let until = Instant::now().checked_add(delay);
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(until) => return None,
+                () = sleep_until(until) => return None,
                 request = self.requests.recv() => match request {
                     Some(Request::Stop) => {
                         // Nothing is the main process, but previous ones may still drain, and
@@ -913,13 +916,14 @@ impl Task {
             self.emit(EventKind::Status { pid: main_pid as u32, text });
         }
         if let Some(usec) = note.watchdog_usec {
+            // From the service: an interval too long to add to the clock never expires.
             self.watchdog_interval = Some(Duration::from_micros(usec));
-            self.watchdog_deadline = Some(now + Duration::from_micros(usec));
+            self.watchdog_deadline = now.checked_add(Duration::from_micros(usec));
         }
         match note.watchdog {
             Some(Watchdog::Ping) => {
                 if let Some(interval) = self.watchdog_interval {
-                    self.watchdog_deadline = Some(now + interval);
+                    self.watchdog_deadline = now.checked_add(interval);
                 }
             }
             Some(Watchdog::Trigger) => self.watchdog_deadline = Some(now),
