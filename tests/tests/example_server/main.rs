@@ -9,6 +9,7 @@
 mod certs;
 mod control;
 mod handover;
+mod locked;
 mod serving;
 mod stop_mid_restart;
 mod supervised;
