@@ -172,39 +172,4 @@ pub(crate) fn unix_ms(t: std::time::SystemTime) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_through_json_and_refuses_other_versions() {
-        let snap = Snapshot::of_process(std::process::id(), Command::new("me").arg("x")).expect("snapshot");
-        let back = Snapshot::from_json(&snap.to_json()).expect("parse");
-        assert_eq!(back, snap);
-        let newer = snap.to_json().replace("\"version\":2", "\"version\":3");
-        assert!(matches!(Snapshot::from_json(&newer), Err(Error::Snapshot { .. })));
-        assert!(matches!(Snapshot::from_json("{not json"), Err(Error::Snapshot { .. })));
-    }
-
-    #[test]
-    fn writes_and_reads_a_file_atomically_with_mode_0600() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("svc.state");
-        let missing = Snapshot::read(&path);
-        assert!(
-            matches!(&missing, Err(Error::ReadSnapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound),
-            "{missing:?}"
-        );
-        let snap = Snapshot::of_process(std::process::id(), Command::new("me")).expect("snapshot");
-        snap.write(&path).expect("write");
-        assert_eq!(Snapshot::read(&path).expect("read"), snap);
-        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1, "no temporary file is left");
-        std::fs::write(&path, "garbage").expect("write garbage");
-        let err = Snapshot::read(&path).expect_err("garbage is refused");
-        assert!(err.to_string().contains("svc.state"), "the error names the file: {err}");
-        let in_missing_dir = snap.write(&dir.path().join("missing/svc.state"));
-        assert!(matches!(in_missing_dir, Err(Error::StateFile { .. })), "{in_missing_dir:?}");
-    }
-}
+mod tests;
