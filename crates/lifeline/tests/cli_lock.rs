@@ -434,3 +434,66 @@ fn once_the_command_has_exited_signals_are_forwarded_to_what_it_left_running() {
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "TERM\n", "the leftover got the forwarded SIGTERM");
     assert!(!lock_file(dir.path()).exists());
 }
+
+#[test]
+fn a_stop_signal_reaches_processes_re_parented_after_it_came() {
+    // CMD leaves L behind; L has a child G. SIGTERM to lifeline lock reaches L, which exits
+    // without stopping G: G is re-parented to lifeline lock only then, and must be told too, or
+    // the lock would be held for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, g_pid_file) = (dir.path().join("log"), dir.path().join("g.pid"));
+    let g = dir.path().join("g.sh");
+    std::fs::write(
+        &g,
+        format!(
+            "trap 'echo G >> {log}; kill $! 2>/dev/null; exit 0' TERM\n\
+             echo $$ > {g_pid}.tmp && mv {g_pid}.tmp {g_pid}\n\
+             while :; do sleep 5 </dev/null >/dev/null 2>&1 & wait $!; done\n",
+            log = log.display(),
+            g_pid = g_pid_file.display()
+        ),
+    )
+    .unwrap();
+    let l = dir.path().join("l.sh");
+    std::fs::write(
+        &l,
+        format!(
+            "sh {g} &\n\
+             trap 'echo L >> {log}; exit 0' TERM\n\
+             while :; do sleep 5 </dev/null >/dev/null 2>&1 & wait $!; done\n",
+            g = g.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let script = format!("sh {} </dev/null >/dev/null 2>&1 & echo $!; exit 5", l.display());
+    let mut child = lifeline()
+        .arg("lock")
+        .arg(dir.path())
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let l_pid: i32 = read_line(&mut stdout).trim().parse().unwrap();
+    wait_for("L to be re-parented to lifeline lock", || ppid(l_pid) == Some(child.id() as i32));
+    wait_for("G to start", || g_pid_file.exists());
+    let g_pid: i32 = std::fs::read_to_string(&g_pid_file).unwrap().trim().parse().unwrap();
+    assert_eq!(ppid(g_pid), Some(l_pid), "G is L's child, not ours, when the signal comes");
+    // Both traps are set once each shell runs its loop (its `sleep` child is there).
+    for pid in [l_pid, g_pid] {
+        wait_for("the shell to run its loop", || {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c != g_pid.to_string())
+        });
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(child), Some(5), "CMD's status, once L and G have gone");
+    let mut got: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, ["G", "L"], "each got the SIGTERM once");
+    assert!(!lock_file(dir.path()).exists());
+}

@@ -14,9 +14,11 @@
 //! starts): whatever CMD's process tree leaves behind is re-parented to it and reaped by it, and
 //! it keeps the locks until CMD *and every descendant that outlived it* have exited; then it
 //! exits with CMD's status. Forwarded signals go to CMD while it runs; once it has exited, to each
-//! process re-parented to us at that moment (the tops of what is left; send the signal again to
-//! reach processes re-parented since). A `lifeline lock` killed by SIGKILL takes CMD with it, but
-//! not what CMD left behind: nothing can arm a death signal for processes it did not start.
+//! process re-parented to us (the tops of what is left). A stop signal (SIGTERM, SIGINT, SIGQUIT)
+//! goes to every child we have — CMD and what is re-parented to us — and to every process
+//! re-parented to us later, because its parent exited meanwhile: a stop request reaches all that
+//! is left, so the locks are not held for ever. A `lifeline lock` killed by SIGKILL takes CMD with
+//! it, but not what CMD left behind: nothing can arm a death signal for processes it did not start.
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
@@ -88,7 +90,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Runs `cmd` to completion — and then until every descendant it left running has exited —
 /// forwarding [`FORWARDED`] signals sent to us (by `kill`, systemd, a supervisor): to CMD while
-/// it runs, then to each of our remaining children. Returns CMD's status.
+/// it runs, then to each of our remaining children; a stop signal ([`STOPS`]) to every child we
+/// have or get from then on (see [`Forwarder`]). Returns CMD's status.
 ///
 /// Signals the terminal sends to the whole foreground process group (Ctrl-C) reach CMD directly;
 /// they arrive with `SI_KERNEL` and are not forwarded again, so CMD sees each Ctrl-C once.
@@ -122,10 +125,13 @@ fn run_forwarding_signals(cmd: &[String]) -> anyhow::Result<ExitStatus> {
         // We reap CMD ourselves, with everything else (std's handle neither waits nor kills).
         drop(child);
         let mut cmd_status: Option<ExitStatus> = None;
+        let mut forwarder = Forwarder::default();
         loop {
-            if reap_all(cmd_pid, &mut cmd_status)? {
+            if reap_all(cmd_pid, &mut cmd_status, &mut forwarder)? {
                 return cmd_status.context("CMD was never reaped");
             }
+            // Processes re-parented to us since the last look get the stop signals already asked for.
+            forwarder.catch_up();
             let info = match signals.read_signal() {
                 Ok(Some(info)) => info,
                 Ok(None) | Err(nix::errno::Errno::EINTR) => continue,
@@ -135,15 +141,7 @@ fn run_forwarding_signals(cmd: &[String]) -> anyhow::Result<ExitStatus> {
             if signal == Signal::SIGCHLD || info.ssi_code == libc::SI_KERNEL {
                 continue;
             }
-            // Only our own children are signalled, and only before we reap them: until then their
-            // pids cannot be reused. An error is ESRCH: it is exiting, SIGCHLD follows.
-            if cmd_status.is_none() {
-                let _ = nix::sys::signal::kill(cmd_pid, signal);
-            } else {
-                for pid in own_children() {
-                    let _ = nix::sys::signal::kill(pid, signal);
-                }
-            }
+            forwarder.forward(signal, cmd_status.is_none().then_some(cmd_pid));
         }
     })();
     // Restore the mask (and the default disposition of pending signals' delivery) for whatever
@@ -154,9 +152,85 @@ fn run_forwarding_signals(cmd: &[String]) -> anyhow::Result<ExitStatus> {
     result
 }
 
+/// Signals that ask to stop: once one has come, every process that is or becomes our child gets
+/// it (a process re-parented to us after the signal came, because its parent exited meanwhile,
+/// would otherwise never hear of it, and we would hold the locks for ever).
+const STOPS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// Where forwarded signals go. Only our own children are signalled, and only before we reap them:
+/// until then their pids cannot be reused. (An error is ESRCH: it is exiting, SIGCHLD follows.)
+#[derive(Default)]
+struct Forwarder {
+    /// The stop signals asked for so far, each once, in order.
+    stops: Vec<Signal>,
+    /// Children that have had every signal in `stops` (forgotten when reaped).
+    told: std::collections::HashSet<Pid>,
+}
+
+impl Forwarder {
+    /// `signal` came: to CMD while it runs (`cmd`), else to each of our children; a stop signal
+    /// also to every child, now and later.
+    fn forward(&mut self, signal: Signal, cmd: Option<Pid>) {
+        if !STOPS.contains(&signal) {
+            match cmd {
+                Some(cmd) => send(cmd, signal),
+                None => own_children().into_iter().for_each(|pid| send(pid, signal)),
+            }
+            return;
+        }
+        if self.stops.contains(&signal) {
+            // Asked again: once more to everyone (a second SIGTERM may mean "now").
+            for pid in own_children() {
+                send(pid, signal);
+            }
+            return;
+        }
+        self.stops.push(signal);
+        for pid in own_children() {
+            if self.told.contains(&pid) {
+                send(pid, signal);
+            } else {
+                self.tell(pid);
+            }
+        }
+    }
+
+    /// Every child that has not had the stop signals asked for so far gets them.
+    fn catch_up(&mut self) {
+        if self.stops.is_empty() {
+            return;
+        }
+        for pid in own_children() {
+            if !self.told.contains(&pid) {
+                self.tell(pid);
+            }
+        }
+    }
+
+    fn tell(&mut self, pid: Pid) {
+        for &signal in &self.stops {
+            send(pid, signal);
+        }
+        self.told.insert(pid);
+    }
+
+    fn reaped(&mut self, pid: Pid) {
+        self.told.remove(&pid);
+    }
+}
+
+/// Signals our unreaped child `pid`; ESRCH (it is exiting) is fine: SIGCHLD follows.
+fn send(pid: Pid, signal: Signal) {
+    let _ = nix::sys::signal::kill(pid, signal);
+}
+
 /// Reaps every child that has exited, noting CMD's status. Returns whether no child is left at
 /// all: then, as a subreaper, we have no descendant left either.
-fn reap_all(cmd_pid: Pid, cmd_status: &mut Option<ExitStatus>) -> anyhow::Result<bool> {
+fn reap_all(
+    cmd_pid: Pid,
+    cmd_status: &mut Option<ExitStatus>,
+    forwarder: &mut Forwarder,
+) -> anyhow::Result<bool> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid writes the status word into a local we own.
@@ -168,9 +242,13 @@ fn reap_all(cmd_pid: Pid, cmd_status: &mut Option<ExitStatus>) -> anyhow::Result
                 nix::errno::Errno::EINTR => {}
                 err => return Err(err).context("cannot wait for the command"),
             },
-            pid if pid == cmd_pid.as_raw() => *cmd_status = Some(ExitStatus::from_raw(status)),
-            // An orphan re-parented to us, reaped: nothing more to do.
-            _ => {}
+            pid => {
+                forwarder.reaped(Pid::from_raw(pid));
+                if pid == cmd_pid.as_raw() {
+                    *cmd_status = Some(ExitStatus::from_raw(status));
+                }
+                // Otherwise an orphan re-parented to us, reaped: nothing more to do.
+            }
         }
     }
 }
