@@ -843,3 +843,30 @@ fn the_pid_file_and_the_state_file_are_fsynced_before_the_rename_and_their_direc
         );
     }
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_supervisor_from_stopping_the_service() {
+    // Whoever read our stderr is gone (a pipeline that ended, a log collector restarted): a line
+    // that cannot be written must not end supervision half-way through a stop.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pid_file, ready) = (dir.path().join("svc.pid"), dir.path().join("ready"));
+    let script = format!("trap '' TERM; touch {}; while :; do sleep 1; done", ready.display());
+    let mut sup = lifeline()
+        .args(["supervise", "--grace", "200ms", "--pidfile"])
+        .arg(&pid_file)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    wait_for("the trap", || ready.exists().then_some(()));
+    drop(sup.stdout.take());
+    drop(sup.stderr.take());
+    // The stop needs SIGKILL after the grace period, which is logged: to a closed pipe.
+    signal(sup.id(), Signal::SIGTERM);
+    let (status, _, _) = finish(sup);
+    assert_eq!(status.code(), Some(0));
+    assert!(!alive(pid), "the service was left running");
+    assert!(!pid_file.exists());
+}

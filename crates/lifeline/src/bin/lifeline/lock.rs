@@ -73,7 +73,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(locks) => locks,
         Err(err) if err.is_contention() => {
             // One line, naming the directory and the holder: scripts read it.
-            eprintln!("lifeline: {err}");
+            crate::say!("lifeline: {err}");
             return Ok(ExitCode::from(EXIT_LOCKED));
         }
         Err(err) => return Err(err.into()),
@@ -83,7 +83,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(err) = locks.release() {
         // The locks are released regardless; a lock file left behind is harmless. (The CLI
         // has no `tracing` dependency of its own; library logs go through the subscriber.)
-        eprintln!("lifeline: warning: {err}");
+        crate::say!("lifeline: warning: {err}");
     }
     Ok(exit_code(status))
 }
@@ -147,7 +147,7 @@ fn run_forwarding_signals(cmd: &[String]) -> anyhow::Result<ExitStatus> {
     // Restore the mask (and the default disposition of pending signals' delivery) for whatever
     // runs after us in this process; pending forwarded signals were consumed by the signalfd.
     if let Err(err) = previous_mask.thread_set_mask() {
-        eprintln!("lifeline: warning: cannot restore the signal mask: {err}");
+        crate::say!("lifeline: warning: cannot restore the signal mask: {err}");
     }
     result
 }

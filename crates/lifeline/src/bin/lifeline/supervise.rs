@@ -155,7 +155,7 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
             Action::Forward(sig) => {
                 // (The `cli` feature has no tracing dependency; the library logs, this one line is ours.)
                 if let Err(err) = supervised.signal(sig).await {
-                    eprintln!("lifeline: cannot forward {sig}: {err}");
+                    crate::say!("lifeline: cannot forward {sig}: {err}");
                 }
             }
             Action::Stop => {
@@ -197,7 +197,7 @@ fn lock_state(state: &Path) -> anyhow::Result<Option<DirLock>> {
         Ok(lock) => Ok(Some(lock)),
         Err(err) if err.is_contention() => {
             let holder = err.holder_pid().map_or_else(String::new, |pid| format!(" (pid {pid})"));
-            eprintln!("lifeline: state file {} is in use by another supervisor{holder}", state.display());
+            crate::say!("lifeline: state file {} is in use by another supervisor{holder}", state.display());
             Ok(None)
         }
         Err(err) => Err(err).with_context(|| format!("cannot lock state file {}", state.display())),
@@ -222,7 +222,7 @@ fn adopt_or_spawn(
         // start nothing (a second instance beside a running one is no better).
         Err(err @ Error::UntrustedFile { .. }) => return Err(err.into()),
         Err(err) => {
-            eprintln!("lifeline: ignoring state file {shown}: {err}; starting the command");
+            crate::say!("lifeline: ignoring state file {shown}: {err}; starting the command");
             return Ok(supervisor().spawn()?);
         }
     };
@@ -238,7 +238,7 @@ fn adopt_or_spawn(
                 // PR_SET_PDEATHSIG can only be set by a process on itself before we exec it.
                 line.push_str("; not our child, it will not die with this supervisor");
             }
-            eprintln!("{line}");
+            crate::say!("{line}");
             Ok(supervised)
         }
         Err(
@@ -247,7 +247,7 @@ fn adopt_or_spawn(
             | Error::OtherBoot { .. }
             | Error::OtherUid { .. }),
         ) => {
-            eprintln!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
+            crate::say!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
             Ok(supervisor().spawn()?)
         }
         Err(err) => Err(err).with_context(|| format!("cannot adopt pid {pid} from state file {shown}")),
