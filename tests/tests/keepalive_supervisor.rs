@@ -17,7 +17,7 @@ use keepalive::{
     Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, Notify, Readiness,
     Signal, Snapshot, StopOutcome, Supervisor,
 };
-use keepalive_common::{is_gone, kill, next, read_pids, started_pid, until, wait_gone};
+use keepalive_common::{Held, is_gone, kill, next, read_pids, started_pid, until, wait_gone};
 use lifeline_tests::wait_for;
 
 const CRASH_LOOPER: &str = env!("CARGO_BIN_EXE_keepalive-crash-looper");
@@ -27,6 +27,7 @@ const NOTIFY: &str = env!("CARGO_BIN_EXE_keepalive-notify");
 const WATCHDOG: &str = env!("CARGO_BIN_EXE_keepalive-watchdog");
 const HANDOVER: &str = env!("CARGO_BIN_EXE_keepalive-handover");
 const DETACHER: &str = env!("CARGO_BIN_EXE_keepalive-detacher");
+const STRAY: &str = env!("CARGO_BIN_EXE_keepalive-stray");
 
 fn path(p: &Path) -> String {
     p.display().to_string()
@@ -642,6 +643,96 @@ async fn mainpid_naming_a_process_outside_the_service_is_ignored() {
     assert!(stranger.try_wait().expect("try_wait").is_none(), "the stranger was not signalled");
     stranger.kill().expect("kill");
     stranger.wait().expect("reap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mainpid_naming_a_process_of_an_earlier_session_of_the_service_is_ignored() {
+    // Session ids of earlier main processes are no longer the service's (and can be reused by
+    // anyone once empty): only the current main process's session, or its descendants, count.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let supervised = Supervisor::new(Command::new(STRAY).args(["--dir", &path(dir.path())]))
+        .config(config)
+        .policy(Backoff::scaled(Duration::from_millis(10)))
+        .spawn()
+        .expect("spawn");
+    let mut events = supervised.events();
+    // Either the stray was followed (the bug) or the service's own next message arrives.
+    let seen =
+        until(&mut events, |k| matches!(k, EventKind::Status { .. } | EventKind::MainPidChanged { .. }))
+            .await;
+    let stray = Held::new(read_pids(&dir.path().join("stray"))[0]);
+    let second = seen.iter().rev().find_map(|e| started_pid(&e.kind)).expect("the second start");
+    assert!(!seen.iter().any(|e| matches!(e.kind, EventKind::MainPidChanged { .. })), "{seen:?}");
+    assert_eq!(supervised.pid(), Some(second), "supervision stayed with the service");
+    assert!(
+        matches!(supervised.stop().await.expect("stop"), StopOutcome::Exited { pid, .. } if pid == second)
+    );
+    assert!(!stray.has_exited(), "the stray of the old session was signalled");
+    kill(stray.pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_durations_from_the_config_and_the_service_never_overflow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        notify: Notify::PrivateDir,
+        watchdog: Some(Duration::MAX),
+        start_timeout: Some(Duration::MAX),
+        grace: Duration::MAX,
+        ..Config::default()
+    };
+    let restarts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let policy = {
+        let restarts = restarts.clone();
+        move |_: &keepalive::Exit| {
+            restarts.fetch_add(1, Ordering::SeqCst);
+            Decision::Restart { after: Duration::MAX }
+        }
+    };
+    // The service asks for a watchdog interval of u64::MAX microseconds.
+    let command = Command::new(NOTIFY).args([
+        "--send",
+        "READY=1\nWATCHDOG_USEC=18446744073709551615",
+        "--done",
+        &path(&dir.path().join("done")),
+    ]);
+    let supervised = Supervisor::new(command).config(config).policy(policy).spawn().expect("spawn");
+    let pid = supervised.pid().expect("pid");
+    let mut events = supervised.events();
+    let seen = until(&mut events, |k| matches!(k, EventKind::Status { .. })).await;
+    assert!(seen.iter().any(|e| e.kind == EventKind::Ready { pid }), "{seen:?}");
+    // Still answering, and a crash waits out a "never ending" backoff without panicking.
+    supervised.signal(Signal::from_raw(0)).await.expect("responsive");
+    kill(pid);
+    let seen = until(&mut events, |k| matches!(k, EventKind::Backoff { .. })).await;
+    assert!(seen.iter().any(|e| matches!(e.kind, EventKind::Exited { pid: p, .. } if p == pid)), "{seen:?}");
+    assert_eq!(restarts.load(Ordering::SeqCst), 1);
+    assert_eq!(supervised.stop().await.expect("stop"), StopOutcome::NotRunning);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watchdog_beyond_u64_microseconds_reaches_the_service_saturated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let config = Config { notify: Notify::PrivateDir, watchdog: Some(Duration::MAX), ..Config::default() };
+    let command = Command::new(WATCHDOG).args(["--log", &path(&log), "--pings", "0"]);
+    let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
+    let pid = supervised.pid().expect("pid");
+    let line = wait_for("the fixture's start line", || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.ends_with('\n'))
+    });
+    // sd_watchdog_enabled() (here: the sd-notify crate) parses a u64; a larger number disables it.
+    assert_eq!(line.trim(), format!("start pid={pid} usec={} wdpid={pid} enabled=true", u64::MAX));
+    supervised.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_grace_period_still_stops_a_cooperative_service() {
+    let config = Config { grace: Duration::MAX, ..Config::default() };
+    let supervised = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn().expect("spawn");
+    let pid = supervised.pid().expect("pid");
+    assert!(matches!(supervised.stop().await.expect("stop"), StopOutcome::Exited { pid: p, .. } if p == pid));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

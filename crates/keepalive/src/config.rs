@@ -149,7 +149,8 @@ pub enum Readiness {
 pub struct Config {
     /// Sent to the service's process group to stop it (default `SIGTERM`).
     pub stop_signal: Signal,
-    /// How long a stop waits after `stop_signal` before `SIGKILL`ing the group (default 5 s).
+    /// How long a stop waits after `stop_signal` before `SIGKILL`ing the group (default 5 s). A
+    /// duration too long to be added to the current time (`Duration::MAX`) means "wait for ever".
     pub grace: Duration,
     /// Whether the service may outlive the supervisor (default: it may).
     pub lifetime: Lifetime,
@@ -176,7 +177,9 @@ pub struct Config {
     /// when `notify` is on, at once otherwise).
     pub readiness: Readiness,
     /// Restart the service when it does not send `WATCHDOG=1` at least this often (requires
-    /// `notify`). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`.
+    /// `notify`). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`. An interval too long to be
+    /// added to the current time never expires (so does one the service sets with
+    /// `WATCHDOG_USEC=`); `WATCHDOG_USEC` saturates at `u64::MAX` µs.
     pub watchdog: Option<Duration>,
     /// Sent to a service that missed its watchdog deadline (default `SIGABRT`, as systemd);
     /// `SIGKILL` follows after `grace`.
@@ -185,13 +188,32 @@ pub struct Config {
     /// (systemd's `TimeoutStartSec=`; default: wait for ever). It is stopped like a stop
     /// (`stop_signal`, then `SIGKILL` after `grace`) and its exit goes to the restart policy as a
     /// failure ([`ExitCause::StartTimeout`](crate::ExitCause::StartTimeout)). Requires `notify`
-    /// with [`Readiness::Notified`]; an adopted or `MAINPID=`-followed process is not timed.
+    /// with [`Readiness::Notified`]; an adopted or `MAINPID=`-followed process is not timed. A
+    /// timeout too long to be added to the current time never expires.
     pub start_timeout: Option<Duration>,
     /// Become a child subreaper (`PR_SET_CHILD_SUBREAPER`, process-wide): orphaned descendants of
     /// the service are re-parented to this process instead of init, so a handover successor
     /// becomes our child when its parent exits (its exit status is then known) and orphans are
     /// reaped here (default: off; `lifeline supervise` turns it on).
+    ///
+    /// Which orphans the supervisor reaps, and which it stops with the service, depends on
+    /// [`dedicated`](Config::dedicated): by default only those it can attribute to the service.
     pub subreaper: bool,
+    /// This process exists only to supervise this one service (`lifeline supervise` is such a
+    /// process): every child it has, and every descendant, is the service's (default: off).
+    ///
+    /// With it, the supervisor reaps *every* child that exits (with [`subreaper`](Config::subreaper),
+    /// also orphans that moved to a session of their own with `setsid()`, which nothing else ties
+    /// to the service), a stop waits until the process has no descendant left (signalling each
+    /// with the stop signal, then `SIGKILL`), and a child re-parented to it may become the main
+    /// process through `MAINPID=`. Never turn it on in a process with children of its own: they
+    /// would be reaped (their exit statuses lost to whoever spawned them) and stopped.
+    ///
+    /// Without it, the supervisor reaps and stops only what it can attribute to the service: the
+    /// main process and previous ones still draining, their process groups, their current
+    /// sessions and their descendants (an orphan that called `setsid()` after its parent exited
+    /// is none of these, and is left to its new parent, possibly as a zombie).
+    pub dedicated: bool,
 }
 
 impl Default for Config {
@@ -209,6 +231,7 @@ impl Default for Config {
             watchdog_signal: Signal::ABRT,
             start_timeout: None,
             subreaper: false,
+            dedicated: false,
         }
     }
 }

@@ -49,6 +49,47 @@ pub enum Error {
         /// The start time of the process that has this pid now.
         found: u64,
     },
+    /// The snapshot was written during another boot (its boot id differs from
+    /// `/proc/sys/kernel/random/boot_id`): start times count from the boot, so the pid and start
+    /// time may match an unrelated process started early in this boot.
+    #[error("pid {pid}: the snapshot is from another boot ({expected}; this boot is {found})")]
+    OtherBoot {
+        /// The pid from the snapshot.
+        pid: u32,
+        /// The boot id recorded in the snapshot.
+        expected: String,
+        /// This boot's id.
+        found: String,
+    },
+    /// The process with the snapshot's pid and start time runs as another uid than the snapshot
+    /// recorded: it is not the process the snapshot describes (or it changed its uid after the
+    /// last snapshot was written).
+    #[error("pid {pid} runs as uid {found}, the snapshot says uid {expected}")]
+    OtherUid {
+        /// The pid from the snapshot.
+        pid: u32,
+        /// The uid recorded in the snapshot.
+        expected: u32,
+        /// The uid the process runs as.
+        found: u32,
+    },
+    /// This boot's id could not be read (`/proc/sys/kernel/random/boot_id`).
+    #[error("cannot read the boot id: {source}")]
+    BootId {
+        /// The reason.
+        source: io::Error,
+    },
+    /// A state file is not trusted, and is not read: it is a symbolic link or not a regular file,
+    /// it belongs to a user other than this process's effective uid and root, or its group or
+    /// others may write it. Whoever can write it could make a supervisor adopt (and later signal)
+    /// any process.
+    #[error("refusing state file {path}: {reason}")]
+    UntrustedFile {
+        /// The file.
+        path: PathBuf,
+        /// Why, e.g. `writable by group or others (mode 0666)`.
+        reason: String,
+    },
     /// `/proc/<pid>/stat` could not be read or parsed.
     #[error("cannot read /proc/{pid}/stat: {source}")]
     ProcStat {

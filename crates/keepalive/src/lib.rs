@@ -64,15 +64,30 @@
 //! - [`Config::subreaper`] (`PR_SET_CHILD_SUBREAPER`) is process-wide and set when the first such
 //!   supervisor starts, *before* the service can fork a successor, so that orphans and successors
 //!   are re-parented to us. The supervisor then reaps only processes in the service's own process
-//!   groups and sessions; other children of the process are left to whoever started them.
+//!   groups and sessions; other children of the process are left to whoever started them. A
+//!   process that exists only for one service (as `lifeline supervise` does) sets
+//!   [`Config::dedicated`]: every child is then the service's, reaped (also orphans that called
+//!   `setsid()`) and stopped with it.
+//! - A stop reaches everything of the service, not only the main process's group: previous main
+//!   processes still draining, everything in their sessions and everything descending from them
+//!   (a handover successor that is not ready yet, in a process group of its own), and
+//!   (dedicated) every descendant of the supervisor; it ends only when none is left.
 //! - A handover is recognised by the *old* main process sending `MAINPID=<new pid>` before it
 //!   exits. The supervisor reads all queued notifications before it decides that the main process
 //!   crashed, so the order "send, then exit" is enough; the new pid must be alive and belong to the
-//!   service (descend from the old main process or from the supervisor, or share a session).
+//!   service *now*: descend from the current main process or share its session (or, dedicated, be
+//!   a child of the supervisor) — never merely share a session an earlier main process had.
 //!   Only the current main pid is listened to (systemd's `NotifyAccess=main`); note that an
 //!   unprivileged `systemd-notify` sends as itself, not as its parent.
 //! - Pids are never trusted alone: every watched process is held by a pidfd (signals go through
-//!   it), and adoption compares the process start time.
+//!   it; what `/proc` says about it is believed only if the pidfd's process is still running
+//!   after the read), and adoption compares the boot id, the process start time and its uid.
+//! - A state file ([`Snapshot::read`]) is read only if it is a regular file of this user or root
+//!   that nobody else can write; a snapshot's notify socket is bound again (and later removed)
+//!   only if it is verifiably one lifeline created. Nothing lifeline did not create is ever
+//!   signalled, unlinked or removed.
+//! - Durations from the configuration or from the service (`WATCHDOG_USEC=`) too long to add to
+//!   the clock mean "never"; nothing overflows.
 //! - After a crash, what is left of the crashed process group is stopped before the restart;
 //!   the supervisor never signals its own process group.
 //! - [`Lifetime::DieWithSupervisor`] uses `PR_SET_PDEATHSIG`, which fires when the *thread* that

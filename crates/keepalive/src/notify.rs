@@ -3,9 +3,9 @@
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt};
 use tokio::io::unix::AsyncFd;
@@ -32,14 +32,30 @@ pub(crate) struct Message {
     pub(crate) truncated: bool,
 }
 
+/// The prefix of the private directory a path socket lives in (under the temporary directory).
+const DIR_PREFIX: &str = "lifeline-notify-";
+/// The socket's name in that directory.
+const SOCKET_NAME: &str = "notify";
+
 /// The server side of `NOTIFY_SOCKET`.
 #[derive(Debug)]
 pub(crate) struct NotifySocket {
     socket: AsyncFd<UnixDatagram>,
     /// The `NOTIFY_SOCKET` value: a path, or `@name` for an abstract socket.
     address: String,
-    /// For a path socket: the socket file and the private directory to remove when done.
-    on_disk: Option<(PathBuf, PathBuf)>,
+    /// For a path socket: what to remove when done — only ever what we created (or verified to
+    /// be what a supervisor before us created).
+    on_disk: Option<OnDisk>,
+}
+
+/// A socket file we bound, in a private directory of ours.
+#[derive(Debug)]
+struct OnDisk {
+    path: PathBuf,
+    dir: PathBuf,
+    /// The socket file's device and inode once bound: a file at the path that is not this one is
+    /// not ours to remove.
+    id: (u64, u64),
 }
 
 impl NotifySocket {
@@ -55,28 +71,41 @@ impl NotifySocket {
                     address: std::env::temp_dir().display().to_string(),
                     source,
                 };
-                // tempfile creates the directory with mode 0700: only our uid (and root) can reach it.
-                let dir = tempfile::Builder::new().prefix("lifeline-notify-").tempdir().map_err(err)?.keep();
-                Self::bind_path(dir.join("notify"), dir)
+                // Mode 0700 from the start (tempfile's default is 0777 minus the umask): only our
+                // uid (and root) can reach the socket. Set again after creation, in case the umask
+                // took bits we need; nobody else can have reached the directory meanwhile.
+                let dir = tempfile::Builder::new()
+                    .prefix(DIR_PREFIX)
+                    .permissions(std::fs::Permissions::from_mode(0o700))
+                    .tempdir()
+                    .map_err(err)?
+                    .keep();
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+                Self::bind_path(dir.join(SOCKET_NAME), dir)
             }
         }
     }
 
     /// Binds again at an address a previous supervisor used (adoption), so that the adopted
     /// service's messages keep arriving.
+    ///
+    /// The address comes from a snapshot, which may be stale or tampered with: a path is replaced
+    /// only if it is verifiably a socket a lifeline supervisor created (see [`created_by_lifeline`]);
+    /// otherwise nothing is touched and the error says why.
     pub(crate) fn rebind(address: &str) -> Result<NotifySocket, Error> {
         if let Some(name) = address.strip_prefix('@') {
             return Self::bind_abstract(name);
         }
         let path = PathBuf::from(address);
         let err = |source| Error::NotifySocket { address: address.to_owned(), source };
-        // The old supervisor left its socket file behind; replace it, but only if it is a socket.
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(&path).map_err(err)?,
-            Ok(_) => return Err(err(io::Error::new(io::ErrorKind::AlreadyExists, "not a socket"))),
-            Err(_) => {}
-        }
-        let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+        let dir = created_by_lifeline(&path, nix::unistd::geteuid().as_raw()).map_err(|reason| {
+            err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("not a notify socket lifeline created: {reason}"),
+            ))
+        })?;
+        // The old supervisor left its socket file behind, in its private directory: replace it.
+        std::fs::remove_file(&path).map_err(err)?;
         Self::bind_path(path, dir)
     }
 
@@ -84,7 +113,9 @@ impl NotifySocket {
         let address = path.display().to_string();
         let err = |source| Error::NotifySocket { address: address.clone(), source };
         let socket = UnixDatagram::bind(&path).map_err(err)?;
-        Self::finish(socket, address.clone(), Some((path, dir))).map_err(err)
+        let meta = std::fs::symlink_metadata(&path).map_err(err)?;
+        let on_disk = OnDisk { path, dir, id: (meta.dev(), meta.ino()) };
+        Self::finish(socket, address.clone(), Some(on_disk)).map_err(err)
     }
 
     fn bind_abstract(name: &str) -> Result<NotifySocket, Error> {
@@ -95,11 +126,7 @@ impl NotifySocket {
         Self::finish(socket, address.clone(), None).map_err(err)
     }
 
-    fn finish(
-        socket: UnixDatagram,
-        address: String,
-        on_disk: Option<(PathBuf, PathBuf)>,
-    ) -> io::Result<NotifySocket> {
+    fn finish(socket: UnixDatagram, address: String, on_disk: Option<OnDisk>) -> io::Result<NotifySocket> {
         // The kernel then attaches the sender's credentials to every datagram, whether or not the
         // sender sent them: that is how we know which process spoke.
         setsockopt(&socket, sockopt::PassCred, &true)?;
@@ -141,12 +168,53 @@ impl NotifySocket {
 
 impl Drop for NotifySocket {
     fn drop(&mut self) {
-        if let Some((path, dir)) = self.on_disk.take() {
-            let _ = std::fs::remove_file(&path);
+        if let Some(OnDisk { path, dir, id }) = self.on_disk.take() {
+            // Only the file we bound (the directory is ours, mode 0700: nobody else but root could
+            // have replaced it, but a file that is not ours is left alone all the same).
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+                let _ = std::fs::remove_file(&path);
+            }
             // Only succeeds if empty: never removes anything but our own private directory.
             let _ = std::fs::remove_dir(&dir);
         }
     }
+}
+
+/// Whether `path` is a notify socket a lifeline supervisor running as `euid` created: a socket
+/// named `notify`, owned by `euid`, alone in a directory named `lifeline-notify-*` that is a real
+/// directory (not a symlink) owned by `euid` with mode 0700. Returns that directory, or why not.
+pub(crate) fn created_by_lifeline(path: &Path, euid: u32) -> Result<PathBuf, String> {
+    if path.file_name().and_then(|n| n.to_str()) != Some(SOCKET_NAME) {
+        return Err(format!("not named {SOCKET_NAME}"));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).ok_or("no directory")?;
+    if !dir.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(DIR_PREFIX)) {
+        return Err(format!("its directory is not named {DIR_PREFIX}*"));
+    }
+    let dir_meta = std::fs::symlink_metadata(dir).map_err(|e| format!("its directory: {e}"))?;
+    if !dir_meta.file_type().is_dir() {
+        return Err("its directory is not a directory".to_owned());
+    }
+    if dir_meta.uid() != euid || dir_meta.mode() & 0o7777 != 0o700 {
+        return Err(format!(
+            "its directory is owned by uid {} with mode {:04o} (not uid {euid}, 0700)",
+            dir_meta.uid(),
+            dir_meta.mode() & 0o7777
+        ));
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(|e| e.to_string())?;
+    if !meta.file_type().is_socket() || meta.uid() != euid {
+        return Err(format!("not a socket of uid {euid}"));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("its directory: {e}"))?;
+    let mut names = Vec::new();
+    for entry in entries.take(2) {
+        names.push(entry.map_err(|e| format!("its directory: {e}"))?.file_name());
+    }
+    if names != [std::ffi::OsString::from(SOCKET_NAME)] {
+        return Err("its directory holds other files".to_owned());
+    }
+    Ok(dir.to_path_buf())
 }
 
 fn receive(fd: RawFd) -> io::Result<Message> {

@@ -27,8 +27,9 @@ impl PidFile {
         &self.path
     }
 
-    /// Atomically replaces the content with `pid` and a newline (mode 0644). If that fails (no
-    /// space left, for instance), the previous file is left as it was.
+    /// Atomically replaces the content with `pid` and a newline (mode 0644), `fsync`ed before the
+    /// rename and the directory after it. If that fails (no space left, for instance), the
+    /// previous file is left as it was.
     pub fn write(&self, pid: u32) -> Result<(), Error> {
         replace(&self.path, format!("{pid}\n").as_bytes(), 0o644)
             .map_err(|source| Error::PidFile { path: self.path.clone(), source })
@@ -50,9 +51,12 @@ impl PidFile {
     }
 }
 
-/// Replaces the file at `path` with `contents` (and `mode`) atomically: a temporary file in the
-/// same directory, renamed over the path. On failure the temporary file is removed and `path`
-/// keeps its previous content.
+/// Replaces the file at `path` with `contents` (and `mode`) atomically and durably: a temporary
+/// file in the same directory, written and `fsync`ed, renamed over the path, then the directory
+/// `fsync`ed. On failure the temporary file is removed and `path` keeps its previous content.
+///
+/// Without the first `fsync` a power loss can leave the renamed file empty (the rename reached
+/// the disk before the data); without the second, the rename itself can be lost.
 pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -62,8 +66,19 @@ pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> io::Result<()>
     let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
     tmp.write_all(contents)?;
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    sync_dir(dir)
+}
+
+/// `fsync`s a directory, so that a rename in it is on disk. A file system that cannot sync
+/// directories (`EINVAL`) has nothing more to offer and is not an error.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = std::fs::File::open(dir)?;
+    match dir.sync_all() {
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -179,7 +179,9 @@ impl Backoff {
         self.rng ^= self.rng << 17;
         let unit_interval = (self.rng >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
         let factor = 1.0 + jitter * (2.0 * unit_interval - 1.0);
-        delay.mul_f64(factor).min(self.max_delay)
+        // `mul_f64` panics past `Duration::MAX`; a delay that large is the cap.
+        Duration::try_from_secs_f64(delay.as_secs_f64() * factor)
+            .map_or(self.max_delay, |d| d.min(self.max_delay))
     }
 
     /// Records a failure at `at`; returns the reason to give up, if the limit is reached.

@@ -121,7 +121,9 @@ impl ExecPlan {
         if let Some(socket) = notify_socket {
             env.push(("NOTIFY_SOCKET".into(), socket.into()));
         }
-        env.push(("WATCHDOG_USEC".into(), watchdog.as_micros().to_string().into()));
+        // sd_watchdog_enabled() parses a u64: saturate rather than hand the service a number it refuses.
+        let usec = u64::try_from(watchdog.as_micros()).unwrap_or(u64::MAX);
+        env.push(("WATCHDOG_USEC".into(), usec.to_string().into()));
 
         let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
         let path = resolve_program(&command.program, path_var.as_deref(), command.cwd.as_deref())?;

@@ -93,8 +93,13 @@ impl Supervisor {
 
     /// Resumes supervising the process a [`Snapshot`] describes.
     ///
-    /// The pid must still name the same process: its start time must match the snapshot's,
-    /// otherwise the pid was reused and [`Error::PidReused`] is returned (nothing is signalled).
+    /// The pid must still name the same process: the snapshot must come from this boot
+    /// ([`Error::OtherBoot`]), the process's start time must match the snapshot's (otherwise the
+    /// pid was reused: [`Error::PidReused`]) and so must its uid ([`Error::OtherUid`]). These are
+    /// checked first: a refused snapshot leaves everything as it was (nothing is signalled,
+    /// unlinked or bound). The snapshot's notify socket is bound again only if it is verifiably
+    /// one lifeline created (a socket named `notify` alone in a `lifeline-notify-*` directory of
+    /// ours with mode 0700); otherwise a fresh one is served and the named path is left alone.
     /// The process is watched through a pidfd; when it is not our child its exit status is
     /// unknowable and is reported as [`ExitStatus::Unknown`]. With notification on, the
     /// snapshot's `NOTIFY_SOCKET` is served again so the service's messages keep arriving.
@@ -102,14 +107,28 @@ impl Supervisor {
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(Error::Snapshot { reason: format!("version {}", snapshot.version) });
         }
-        let notify_address = snapshot.notify_socket.clone();
-        let mut task = Task::new_with_notify(self, notify_address.as_deref())?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::NoRuntime);
+        }
+        // Everything the snapshot claims is checked before anything it names is touched.
         let pid = snapshot.pid;
-        let mut proc = Proc::open(pid as i32, Instant::now(), false)?;
+        let boot_id = sys::boot_id().map_err(|source| Error::BootId { source })?;
+        if snapshot.boot_id != boot_id {
+            return Err(Error::OtherBoot { pid, expected: snapshot.boot_id.clone(), found: boot_id });
+        }
+        let Ok(raw_pid) = i32::try_from(pid) else { return Err(Error::NotRunning { pid }) };
+        let mut proc = Proc::open(raw_pid, Instant::now(), false)?;
         if proc.start_time != snapshot.start_time {
             return Err(Error::PidReused { pid, expected: snapshot.start_time, found: proc.start_time });
         }
-        proc.since_wall = std::time::UNIX_EPOCH + Duration::from_millis(snapshot.since_unix_ms);
+        if proc.uid != snapshot.uid {
+            return Err(Error::OtherUid { pid, expected: snapshot.uid, found: proc.uid });
+        }
+        let notify_address = snapshot.notify_socket.clone();
+        let mut task = Task::new_with_notify(self, notify_address.as_deref())?;
+        proc.since_wall = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_millis(snapshot.since_unix_ms))
+            .unwrap_or_else(SystemTime::now);
         if snapshot.ready || task.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
@@ -141,6 +160,17 @@ pub enum StopOutcome {
         pid: u32,
         /// Its exit status ([`ExitStatus::Unknown`] if it was not our child).
         status: ExitStatus,
+        /// How long the stop took.
+        after: Duration,
+    },
+    /// Processes of the service were still there 10 s after `SIGKILL` (uninterruptible sleep,
+    /// usually on a hung file system): the stop could not finish. They are named; nothing more
+    /// is done about them.
+    Stuck {
+        /// The main pid, if there was a main process.
+        pid: Option<u32>,
+        /// The pids still there.
+        survivors: Vec<u32>,
         /// How long the stop took.
         after: Duration,
     },
@@ -262,8 +292,15 @@ impl Supervised {
         finished
     }
 
-    /// Stops the service: the stop signal to its process group (and to any previous main process
-    /// still draining after a handover), `SIGKILL` after the grace period; removes the pid file.
+    /// Stops the service: the stop signal to its process group, to any previous main process
+    /// still draining after a handover, to everything in their sessions and to everything that
+    /// descends from them (a successor that is not ready yet), and with [`Config::dedicated`] to
+    /// every descendant of this process; `SIGKILL` after the grace period. Processes that appear
+    /// meanwhile are stopped too. Removes the pid file and the state file.
+    ///
+    /// It returns once none of them is left ([`StopOutcome::Exited`] or
+    /// [`StopOutcome::Killed`]), or once some have survived `SIGKILL` for 10 s
+    /// ([`StopOutcome::Stuck`]).
     pub async fn stop(mut self) -> Result<StopOutcome, Error> {
         // If the task has already finished, the send fails and `wait` reports why.
         let _ = self.requests.send(Request::Stop).await;
@@ -298,6 +335,8 @@ struct Proc {
     pgid: i32,
     session: i32,
     start_time: u64,
+    /// Its real uid, when last looked at (for the snapshot).
+    uid: u32,
     /// When supervision of this process began (start, adoption, or becoming main).
     since: Instant,
     since_wall: SystemTime,
@@ -305,32 +344,51 @@ struct Proc {
 }
 
 impl Proc {
-    /// Opens a pidfd first, then reads `/proc` (so the start time read is that of the process the
-    /// pidfd refers to, or of none). A zombie is refused unless `zombie_ok` (our own fresh child).
+    /// Opens a pidfd first, then reads `/proc`, then checks that the pidfd's process is still
+    /// running: so what was read is that of the process the pidfd refers to, never of a process
+    /// that reused the pid. A zombie is refused unless `zombie_ok` (our own fresh child, whose pid
+    /// nobody else can reap and so nobody can reuse).
     fn open(pid: i32, since: Instant, zombie_ok: bool) -> Result<Proc, Error> {
+        Self::open_stat(pid, since, zombie_ok).map(|(proc, _)| proc)
+    }
+
+    /// [`Proc::open`], also returning what `/proc/<pid>/stat` said.
+    fn open_stat(pid: i32, since: Instant, zombie_ok: bool) -> Result<(Proc, sys::ProcStat), Error> {
         let upid = pid as u32;
+        let not_running = |source: io::Error| match source.kind() {
+            io::ErrorKind::NotFound => Error::NotRunning { pid: upid },
+            _ => Error::ProcStat { pid: upid, source },
+        };
         let fd = sys::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => Error::NotRunning { pid: upid },
             _ => Error::Pidfd { pid: upid, source },
         })?;
-        let stat = sys::read_stat(pid).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => Error::NotRunning { pid: upid },
-            _ => Error::ProcStat { pid: upid, source },
-        })?;
-        if stat.is_zombie() && !zombie_ok {
+        let stat = sys::read_stat(pid).map_err(not_running)?;
+        let real_uid = sys::read_uid(pid).map_err(not_running)?;
+        if !zombie_ok && (stat.is_zombie() || sys::pidfd_exited(fd.as_fd())) {
             return Err(Error::NotRunning { pid: upid });
         }
         let fd = sys::async_fd(fd).map_err(|source| Error::Pidfd { pid: upid, source })?;
-        Ok(Proc {
+        let proc = Proc {
             pid,
             fd,
             pgid: stat.pgrp,
             session: stat.session,
             start_time: stat.start_time,
+            uid: real_uid,
             since,
             since_wall: SystemTime::now(),
             ready_at: None,
-        })
+        };
+        Ok((proc, stat))
+    }
+
+    fn exited(&self) -> bool {
+        sys::pidfd_exited(self.fd.as_fd())
+    }
+
+    fn target(&self) -> group::Target<'_> {
+        group::Target { pid: self.pid, pidfd: &self.fd, pgid: self.pgid }
     }
 }
 
@@ -367,8 +425,12 @@ struct Task {
     pid_file: Option<PidFile>,
     own_pid: i32,
     own_pgid: i32,
-    /// Process groups and sessions of every main process so far: where orphans are reaped and
-    /// leftovers are stopped.
+    own_session: i32,
+    /// This boot's id, for snapshots (empty if it cannot be read: no snapshot is then adoptable).
+    boot_id: String,
+    /// Process groups and sessions of main processes so far, forgotten once nobody is left in
+    /// them: where orphans are reaped (without [`Config::dedicated`]). Not where leftovers are
+    /// stopped, nor what `MAINPID=` may name: those look only at the current processes.
     pgids: BTreeSet<i32>,
     sessions: BTreeSet<i32>,
     /// Exit statuses collected while reaping orphans, for processes we also watch by pidfd.
@@ -420,7 +482,7 @@ impl Task {
         } else {
             None
         };
-        let sigchld = if config.subreaper {
+        let sigchld = if config.subreaper || config.dedicated {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
                 Ok(signal) => Some(signal),
                 Err(err) => {
@@ -457,6 +519,11 @@ impl Task {
             sigchld,
             own_pid: std::process::id() as i32,
             own_pgid: nix::unistd::getpgrp().as_raw(),
+            own_session: nix::unistd::getsid(None).map_or(-1, nix::unistd::Pid::as_raw),
+            boot_id: sys::boot_id().unwrap_or_else(|err| {
+                tracing::warn!(%err, "cannot read the boot id; snapshots of this service cannot be adopted");
+                String::new()
+            }),
             pgids: BTreeSet::new(),
             sessions: BTreeSet::new(),
             reaped: HashMap::new(),
@@ -513,7 +580,8 @@ impl Task {
         let installed = self.install_main(proc);
         // After install_main, which clears it for whichever process becomes the main one.
         if awaits_ready {
-            self.start_deadline = self.config.start_timeout.map(|timeout| started + timeout);
+            // A timeout too long to add to the clock never expires.
+            self.start_deadline = self.config.start_timeout.and_then(|timeout| started.checked_add(timeout));
         }
         self.emit(EventKind::Started { pid, attempt: self.starts });
         installed
@@ -531,7 +599,8 @@ impl Task {
             self.pgids.insert(proc.pgid);
         }
         self.sessions.insert(proc.session);
-        self.watchdog_deadline = self.watchdog_interval.map(|interval| Instant::now() + interval);
+        self.watchdog_deadline =
+            self.watchdog_interval.and_then(|interval| Instant::now().checked_add(interval));
         self.start_deadline = None;
         self.main = Some(proc);
         let written = self.write_files(true);
@@ -542,6 +611,13 @@ impl Task {
     /// Writes the pid file (if `pid_file_too`) and the state file for the current main process.
     /// A failure leaves the previous files intact and schedules another try.
     fn write_files(&mut self, pid_file_too: bool) -> Result<(), Error> {
+        if let Some(main) = self.main.as_mut()
+            && let Ok(uid) = sys::read_uid(main.pid)
+            && !main.exited()
+        {
+            // The uid it runs as now (a service may drop privileges after its start).
+            main.uid = uid;
+        }
         let Some(main) = &self.main else { return Ok(()) };
         let mut result = Ok(());
         if pid_file_too && let Some(pid_file) = &self.pid_file {
@@ -571,6 +647,8 @@ impl Task {
             pid: main.pid as u32,
             pgid: main.pgid as u32,
             start_time: main.start_time,
+            boot_id: self.boot_id.clone(),
+            uid: main.uid,
             since_unix_ms: unix_ms(main.since_wall),
             command: self.command.clone(),
             ready: main.ready_at.is_some(),
@@ -748,15 +826,18 @@ impl Task {
     /// Waits `delay` before a restart, still answering requests and reaping.
     async fn backoff(&mut self, delay: Duration) -> Option<Finished> {
         self.publish(State::BackingOff);
-        let until = tokio::time::Instant::now() + delay;
+        // A delay too long to add to the clock is waited out for ever (until a stop).
+        let until = Instant::now().checked_add(delay);
         loop {
             tokio::select! {
-                () = tokio::time::sleep_until(until) => return None,
+                () = sleep_until(until) => return None,
                 request = self.requests.recv() => match request {
                     Some(Request::Stop) => {
-                        self.remove_files();
-                        self.emit(EventKind::Stopped { outcome: StopOutcome::NotRunning });
-                        return Some(Finished::Stopped(StopOutcome::NotRunning));
+                        // Nothing is the main process, but previous ones may still drain, and
+                        // (dedicated) orphans may be left: the stop covers them.
+                        let outcome = self.stop().await;
+                        self.emit(EventKind::Stopped { outcome: outcome.clone() });
+                        return Some(Finished::Stopped(outcome));
                     }
                     Some(Request::Detach(reply) | Request::Signal(_, reply)) => {
                         let _ = reply.send(Err(Error::NothingRunning));
@@ -835,13 +916,14 @@ impl Task {
             self.emit(EventKind::Status { pid: main_pid as u32, text });
         }
         if let Some(usec) = note.watchdog_usec {
+            // From the service: an interval too long to add to the clock never expires.
             self.watchdog_interval = Some(Duration::from_micros(usec));
-            self.watchdog_deadline = Some(now + Duration::from_micros(usec));
+            self.watchdog_deadline = now.checked_add(Duration::from_micros(usec));
         }
         match note.watchdog {
             Some(Watchdog::Ping) => {
                 if let Some(interval) = self.watchdog_interval {
-                    self.watchdog_deadline = Some(now + interval);
+                    self.watchdog_deadline = now.checked_add(interval);
                 }
             }
             Some(Watchdog::Trigger) => self.watchdog_deadline = Some(now),
@@ -864,24 +946,21 @@ impl Task {
             return;
         }
         let old_ready = old.ready_at.is_some();
-        // Like systemd's cgroup check: the new main pid must belong to the service. It descends from
-        // the current main process, or lives in one of the service's sessions, or (as subreaper)
-        // was re-parented to us because its parent, the old main process, has already exited.
-        let belongs = sys::descends_from(new, &[old.pid])
-            || sys::read_stat(new).is_ok_and(|s| {
-                self.sessions.contains(&s.session) || (self.config.subreaper && s.ppid == self.own_pid)
-            });
-        if !belongs {
-            tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
-            return;
-        }
-        let mut proc = match Proc::open(new, Instant::now(), false) {
-            Ok(proc) => proc,
+        // The pidfd first: from here on `new` cannot come to mean another process unnoticed.
+        let (mut proc, stat) = match Proc::open_stat(new, Instant::now(), false) {
+            Ok(opened) => opened,
             Err(err) => {
                 tracing::warn!(new, %err, "ignoring MAINPID=: not a running process");
                 return;
             }
         };
+        // Like systemd's cgroup check, the new main pid must belong to the service *now*.
+        let belongs = self.is_successor(old, &stat);
+        // What /proc said was about the process the pidfd holds only if it is still running.
+        if !belongs || proc.exited() {
+            tracing::warn!(new, "ignoring MAINPID=: that process does not belong to the service");
+            return;
+        }
         if old_ready || self.ready_at_start() {
             proc.ready_at = Some(proc.since);
         }
@@ -895,6 +974,29 @@ impl Task {
             tracing::error!(%err, "cannot update the file; keeping the previous one");
         }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
+    }
+
+    /// Whether the process `stat` describes may become the main process after `old`: it descends
+    /// from `old` (while `old`'s pid is still `old`'s), or it is in `old`'s session (a session id
+    /// held by a running or unreaped process cannot be reused), or — a dedicated subreaper — it
+    /// is our child, which every child of a dedicated supervisor is the service's. Sessions of
+    /// earlier main processes do not count: they may be empty and their ids reused by anyone.
+    fn is_successor(&self, old: &Proc, stat: &sys::ProcStat) -> bool {
+        if stat.pid <= 1
+            || stat.pid == self.own_pid
+            || stat.pgrp == self.own_pgid
+            || stat.session == self.own_session
+        {
+            return false;
+        }
+        let old_holds_its_pid = !old.exited() || sys::is_unreaped_child(old.pid);
+        if old_holds_its_pid && sys::descends_from(stat.pid, &[old.pid]) {
+            return true;
+        }
+        if stat.session == old.session {
+            return true;
+        }
+        self.config.subreaper && self.config.dedicated && stat.ppid == self.own_pid
     }
 
     // ---- exits, reaping, stopping -----------------------------------------------------------
@@ -914,22 +1016,29 @@ impl Task {
         }
     }
 
-    /// As a subreaper, reaps the service's orphans (processes in its groups or sessions that were
-    /// re-parented to us), keeping the statuses of processes we also watch.
+    /// Reaps the service's exited orphans, keeping the statuses of processes we also watch.
+    ///
+    /// A dedicated supervisor reaps every child (all are the service's). Otherwise only children
+    /// it can attribute to the service: in one of its process groups or sessions (the library
+    /// user's other children are left alone).
     fn reap_orphans(&mut self) {
         let watched: Vec<i32> = self.main.iter().chain(&self.retired).map(|p| p.pid).collect();
         let mut found = Vec::new();
-        for &pgid in &self.pgids {
-            sys::reap_group(pgid, |pid, status| found.push((pid, status)));
-        }
-        // Orphans that moved to a group of their own but stayed in the service's session.
-        for child in sys::own_children().unwrap_or_default() {
-            if let Ok(stat) = sys::read_stat(child)
-                && stat.is_zombie()
-                && self.sessions.contains(&stat.session)
-                && let Reaped::Exited(status) = sys::try_reap(child)
-            {
-                found.push((child, status));
+        if self.config.dedicated {
+            sys::reap_any(|pid, status| found.push((pid, status)));
+        } else {
+            for &pgid in &self.pgids {
+                sys::reap_group(pgid, |pid, status| found.push((pid, status)));
+            }
+            // Orphans that moved to a group of their own but stayed in a session of the service.
+            for child in sys::own_children().unwrap_or_default() {
+                if let Ok(stat) = sys::read_stat(child)
+                    && stat.is_zombie()
+                    && self.sessions.contains(&stat.session)
+                    && let Reaped::Exited(status) = sys::try_reap(child)
+                {
+                    found.push((child, status));
+                }
             }
         }
         for (pid, status) in found {
@@ -939,9 +1048,16 @@ impl Task {
                 tracing::debug!(pid, %status, "reaped an orphan");
             }
         }
-        // Forget groups that are empty and belong to nobody we watch.
-        let keep: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.pgid).collect();
-        self.pgids.retain(|pgid| keep.contains(pgid) || sys::kill_group(*pgid, Signal::from_raw(0)).is_ok());
+        // Forget groups and sessions that are empty and belong to nobody we watch: once empty, their
+        // ids can be reused by anyone.
+        let keep_groups: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.pgid).collect();
+        self.pgids
+            .retain(|pgid| keep_groups.contains(pgid) || sys::kill_group(*pgid, Signal::from_raw(0)).is_ok());
+        let keep_sessions: BTreeSet<i32> = self.main.iter().chain(&self.retired).map(|p| p.session).collect();
+        if self.sessions.iter().any(|s| !keep_sessions.contains(s)) {
+            let live: BTreeSet<i32> = sys::process_table().iter().map(|s| s.session).collect();
+            self.sessions.retain(|s| keep_sessions.contains(s) || live.contains(s));
+        }
     }
 
     /// After a crash: stop what is left of the crashed main process's group.
@@ -954,8 +1070,14 @@ impl Task {
             return;
         }
         tracing::info!(pgid, "stopping what is left of the crashed process group");
-        let killed = group::terminate(&[], &groups, self.config.stop_signal, self.config.grace).await;
-        self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed });
+        let ended = group::terminate(
+            &[],
+            &group::Scope::groups(groups),
+            self.config.stop_signal,
+            Some(self.config.grace),
+        )
+        .await;
+        self.emit(EventKind::LeftoversStopped { pgid: pgid as u32, killed: ended.killed });
     }
 
     /// The main process missed its watchdog deadline: `watchdog_signal` to its group (a core
@@ -989,46 +1111,61 @@ impl Task {
         let main = self.main.take()?;
         self.watchdog_deadline = None;
         self.start_deadline = None;
-        let groups = self.signalable(&[main.pgid]);
-        let target = group::Target { pidfd: &main.fd, pgid: main.pgid };
-        group::terminate(&[target], &groups, signal, self.config.grace).await;
+        let scope = group::Scope::groups(self.signalable(&[main.pgid]));
+        group::terminate(&[main.target()], &scope, signal, Some(self.config.grace)).await;
         let status = self.collect_status(main.pid);
         Some(Outcome::Exited { pid: main.pid, pgid: main.pgid, exit: exit_of(&main, status, cause) })
     }
 
+    /// Stops the service: the main process, previous ones still draining, their process groups,
+    /// everything in their sessions and everything that descends from them (a successor not ready
+    /// yet, in a group of its own) — and, dedicated, every descendant of this process. Processes
+    /// that join while it waits (forks, orphans re-parented to us) are stopped too; it ends only
+    /// when none is left (or they survived `SIGKILL`).
     async fn stop(&mut self) -> StopOutcome {
         self.drain_notify();
         self.publish(State::Stopping);
-        let Some(main) = self.main.take() else {
-            self.remove_files();
-            return StopOutcome::NotRunning;
-        };
+        self.watchdog_deadline = None;
+        self.start_deadline = None;
+        let main = self.main.take();
         let retired = std::mem::take(&mut self.retired);
-        let pgids: Vec<i32> = std::iter::once(main.pgid).chain(retired.iter().map(|r| r.pgid)).collect();
-        let groups = self.signalable(&pgids);
-        let targets: Vec<group::Target<'_>> = std::iter::once(&main)
-            .chain(&retired)
-            .map(|p| group::Target { pidfd: &p.fd, pgid: p.pgid })
-            .collect();
+        let procs: Vec<&Proc> = main.iter().chain(&retired).collect();
+        let scope = group::Scope {
+            groups: self.signalable(&procs.iter().map(|p| p.pgid).collect::<Vec<_>>()),
+            sessions: procs.iter().map(|p| p.session).filter(|s| *s != self.own_session && *s > 1).collect(),
+            target_descendants: true,
+            our_descendants: self.config.dedicated,
+        };
+        let targets: Vec<group::Target<'_>> = procs.iter().map(|p| p.target()).collect();
+        let anything = !targets.is_empty() || !group::members(&targets, &scope).is_empty();
         let began = Instant::now();
-        tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
-        let killed = group::terminate(&targets, &groups, self.config.stop_signal, self.config.grace).await;
+        let ended = if anything {
+            if let Some(main) = &main {
+                tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
+            } else {
+                tracing::info!(signal = %self.config.stop_signal, "stopping what is left of the service");
+            }
+            group::terminate(&targets, &scope, self.config.stop_signal, Some(self.config.grace)).await
+        } else {
+            group::Ended::default()
+        };
         let after = began.elapsed();
         // Our own processes first: reaping orphans would take (and drop) their statuses.
-        let status = self.collect_status(main.pid);
+        let status = main.as_ref().map(|m| self.collect_status(m.pid));
         for old in &retired {
             let old_status = self.collect_status(old.pid);
             tracing::debug!(pid = old.pid, status = %old_status, "previous main process stopped");
         }
-        if self.config.subreaper {
+        if self.config.subreaper || self.config.dedicated {
             self.reap_orphans();
         }
         self.remove_files();
-        let pid = main.pid as u32;
-        if killed {
-            StopOutcome::Killed { pid, status, after }
-        } else {
-            StopOutcome::Exited { pid, status, after }
+        let pid = main.as_ref().map(|m| m.pid as u32);
+        match (pid, status) {
+            _ if !ended.survivors.is_empty() => StopOutcome::Stuck { pid, survivors: ended.survivors, after },
+            (Some(pid), Some(status)) if ended.killed => StopOutcome::Killed { pid, status, after },
+            (Some(pid), Some(status)) => StopOutcome::Exited { pid, status, after },
+            _ => StopOutcome::NotRunning,
         }
     }
 

@@ -55,6 +55,34 @@ fn nix_signal(signal: Signal) -> io::Result<nix::sys::signal::Signal> {
     nix::sys::signal::Signal::try_from(signal.as_raw()).map_err(io::Error::from)
 }
 
+/// Whether the process a pidfd refers to has exited (now, without waiting).
+pub(crate) fn pidfd_exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut pfd = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd that lives across the call; a zero timeout never blocks.
+    let rc = unsafe { libc::poll(&raw mut pfd, 1, 0) };
+    // An error (EINTR, ENOMEM) says nothing about the process: count it as running, which is the
+    // cautious answer for every caller (it re-checks, or does not trust what it read).
+    rc > 0
+}
+
+/// Whether `pid` is our child that has exited and not been reaped yet: its pid (and the process
+/// group and session it leads) cannot be reused until we reap it.
+pub(crate) fn is_unreaped_child(pid: i32) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid writes into the siginfo we own; WNOWAIT leaves the child reapable.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &raw mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed, where si_pid reads 0).
+    rc == 0 && unsafe { info.si_pid() } == pid
+}
+
 /// What `waitpid(pid, WNOHANG)` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reaped {
@@ -84,6 +112,20 @@ pub(crate) fn reap_group(pgid: i32, mut found: impl FnMut(i32, ExitStatus)) {
         let mut status = 0;
         // SAFETY: as in `try_reap`.
         let rc = unsafe { libc::waitpid(-pgid, &raw mut status, libc::WNOHANG) };
+        if rc <= 0 {
+            return;
+        }
+        found(rc, ExitStatus::from_wait_status(status));
+    }
+}
+
+/// Reaps every exited child of ours (`waitpid(-1, WNOHANG)` until none): for a process whose
+/// every child is the service's ([`Config::dedicated`](crate::Config::dedicated)).
+pub(crate) fn reap_any(mut found: impl FnMut(i32, ExitStatus)) {
+    loop {
+        let mut status = 0;
+        // SAFETY: as in `try_reap`.
+        let rc = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
         if rc <= 0 {
             return;
         }
@@ -136,6 +178,36 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
         // Field 22 overall; field 3 (state) is index 0 here.
         start_time: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Every process (zombies included), by scanning `/proc` once. A process that exits during the
+/// scan may be missing; one that starts during it may be missing too.
+pub(crate) fn process_table() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| read_stat(pid).ok())
+        .collect()
+}
+
+/// The real uid of `pid`, from the `Uid:` line of `/proc/<pid>/status`.
+pub(crate) fn read_uid(pid: i32) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("Uid:")?.split_ascii_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Uid: line in /proc/<pid>/status"))
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`): start times count from the boot, so a
+/// pid and start time name one process only together with it.
+pub(crate) fn boot_id() -> io::Result<String> {
+    let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let id = text.trim();
+    if id.is_empty() || id.len() > 64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected boot_id"));
+    }
+    Ok(id.to_owned())
 }
 
 /// Every live (non-zombie) process whose process group is in `pgids`, by scanning `/proc`.

@@ -343,3 +343,157 @@ fn the_command_line_is_checked() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(!lock_file(dir.path()).exists());
 }
+
+/// Polls `check` every few ms until it holds (for conditions with no event to wait on, like a
+/// process being re-parented), or panics naming `what` after [`PATIENCE`].
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Reads one line from a child's piped stdout.
+fn read_line(stdout: &mut BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    line
+}
+
+fn ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits for `child` to exit (a blocking wait on a helper thread: the exit is the event).
+fn exit_code(mut child: Child) -> Option<i32> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait().unwrap().code()).unwrap());
+    rx.recv_timeout(PATIENCE).expect("lifeline lock exits in time")
+}
+
+#[test]
+fn the_lock_is_held_until_every_descendant_that_outlived_the_command_has_exited() {
+    let dir = tempfile::tempdir().unwrap();
+    // CMD leaves a process behind (its pid on stdout) and exits 3.
+    let mut child = lifeline()
+        .arg("lock")
+        .arg(dir.path())
+        .args(["--", "sh", "-c", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!; exit 3"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let left: i32 = read_line(&mut stdout).trim().parse().unwrap();
+    // Once CMD has exited, what it left is re-parented to `lifeline lock` (a child subreaper).
+    wait_for("the leftover to be re-parented to lifeline lock", || ppid(left) == Some(child.id() as i32));
+    for _ in 0..3 {
+        let output = run(lifeline().arg("lock").arg(dir.path()).args(["--", "true"]));
+        assert_eq!(output.status.code(), Some(75), "the lock lapsed while {left} runs: {output:?}");
+    }
+    kill(Pid::from_raw(left), Signal::SIGKILL).unwrap();
+    assert_eq!(exit_code(child), Some(3), "CMD's status, once nothing is left");
+    assert!(!lock_file(dir.path()).exists());
+    let output = run(lifeline().arg("lock").arg(dir.path()).args(["--", "true"]));
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+}
+
+#[test]
+fn once_the_command_has_exited_signals_are_forwarded_to_what_it_left_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    // The leftover records SIGTERM and exits 0; CMD exits 5 at once.
+    let leftover = dir.path().join("leftover.sh");
+    let text = format!(
+        "trap 'echo TERM > {log}; kill $! 2>/dev/null; exit 0' TERM\n\
+         while :; do sleep 5 </dev/null >/dev/null 2>&1 & wait $!; done\n",
+        log = log.display()
+    );
+    std::fs::write(&leftover, text).unwrap();
+    let script = format!("sh {} </dev/null >/dev/null 2>&1 & echo $!; exit 5", leftover.display());
+    let mut child = lifeline()
+        .arg("lock")
+        .arg(dir.path())
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let left: i32 = read_line(&mut stdout).trim().parse().unwrap();
+    wait_for("the leftover to be re-parented to lifeline lock", || ppid(left) == Some(child.id() as i32));
+    // The trap is set once the shell runs its loop: its `sleep` child is there.
+    wait_for("the leftover shell to run its loop", || {
+        std::fs::read_to_string(format!("/proc/{left}/task/{left}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(child), Some(5), "CMD's status, once the leftover has gone");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "TERM\n", "the leftover got the forwarded SIGTERM");
+    assert!(!lock_file(dir.path()).exists());
+}
+
+#[test]
+fn a_stop_signal_reaches_processes_re_parented_after_it_came() {
+    // CMD leaves L behind; L has a child G. SIGTERM to lifeline lock reaches L, which exits
+    // without stopping G: G is re-parented to lifeline lock only then, and must be told too, or
+    // the lock would be held for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let (log, g_pid_file) = (dir.path().join("log"), dir.path().join("g.pid"));
+    let g = dir.path().join("g.sh");
+    std::fs::write(
+        &g,
+        format!(
+            "trap 'echo G >> {log}; kill $! 2>/dev/null; exit 0' TERM\n\
+             echo $$ > {g_pid}.tmp && mv {g_pid}.tmp {g_pid}\n\
+             while :; do sleep 5 </dev/null >/dev/null 2>&1 & wait $!; done\n",
+            log = log.display(),
+            g_pid = g_pid_file.display()
+        ),
+    )
+    .unwrap();
+    let l = dir.path().join("l.sh");
+    std::fs::write(
+        &l,
+        format!(
+            "sh {g} &\n\
+             trap 'echo L >> {log}; exit 0' TERM\n\
+             while :; do sleep 5 </dev/null >/dev/null 2>&1 & wait $!; done\n",
+            g = g.display(),
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    let script = format!("sh {} </dev/null >/dev/null 2>&1 & echo $!; exit 5", l.display());
+    let mut child = lifeline()
+        .arg("lock")
+        .arg(dir.path())
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let l_pid: i32 = read_line(&mut stdout).trim().parse().unwrap();
+    wait_for("L to be re-parented to lifeline lock", || ppid(l_pid) == Some(child.id() as i32));
+    wait_for("G to start", || g_pid_file.exists());
+    let g_pid: i32 = std::fs::read_to_string(&g_pid_file).unwrap().trim().parse().unwrap();
+    assert_eq!(ppid(g_pid), Some(l_pid), "G is L's child, not ours, when the signal comes");
+    // Both traps are set once each shell runs its loop (its `sleep` child is there).
+    for pid in [l_pid, g_pid] {
+        wait_for("the shell to run its loop", || {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c != g_pid.to_string())
+        });
+    }
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(exit_code(child), Some(5), "CMD's status, once L and G have gone");
+    let mut got: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(str::to_owned).collect();
+    got.sort();
+    assert_eq!(got, ["G", "L"], "each got the SIGTERM once");
+    assert!(!lock_file(dir.path()).exists());
+}

@@ -166,7 +166,8 @@ fn the_stop_signal_is_configurable_and_sigkill_follows_the_grace_period() {
         .spawn()
         .expect("spawn");
     wait_for("the trap", || ready.exists().then_some(()));
-    let pid = read_pid(&pid_file).expect("pid file");
+    // The supervisor writes the pid file after the start; the service may be quicker.
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
     let began = Instant::now();
     signal(sup.id(), Signal::SIGTERM);
     let (status, _, stderr) = finish(sup);
@@ -532,7 +533,8 @@ fn with_die_with_supervisor_a_sigkill_of_the_supervisor_sends_the_service_the_st
         .spawn()
         .expect("spawn");
     wait_for("the trap", || ready.exists().then_some(()));
-    let pid = read_pid(&pid_file).expect("pid file");
+    // The supervisor writes the pid file after the start; the service may be quicker.
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
     sigkill(sup);
     wait_for("the service to die with its supervisor", || (!alive(pid)).then_some(()));
     assert_eq!(std::fs::read_to_string(&got).expect("the service got a signal").trim(), "USR1");
@@ -577,4 +579,297 @@ fn an_adopted_service_keeps_its_notify_socket_and_its_handover_is_followed() {
     // Had the old main process's exit counted as a crash, the supervisor would have given up.
     let text = stop_cleanly(second, stderr, &pid_file, &state, new);
     assert!(!text.contains("service exited"), "{text}");
+}
+
+#[test]
+fn an_orphan_that_moved_to_a_session_of_its_own_is_reaped() {
+    // `lifeline supervise` is a process of its own: every child it has is the service's, also an
+    // orphan that called setsid() (no group or session ties it to the service any more).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (orphan_file, pid_file) = (dir.path().join("orphan"), dir.path().join("svc.pid"));
+    let script = format!(
+        "(setsid sleep 600 & echo $! > {o}.tmp && mv {o}.tmp {o}); exec sleep 600",
+        o = orphan_file.display()
+    );
+    let mut sup = lifeline()
+        .args(["supervise", "--pidfile"])
+        .arg(&pid_file)
+        .args(["--", "sh", "-c", &script])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stderr = Stderr::of(&mut sup);
+    let main = wait_for("the pid file", || read_pid(&pid_file));
+    let orphan = wait_for("the orphan's pid", || read_pid(&orphan_file));
+    let session = |pid: i32| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split_whitespace().nth(3)?.parse().ok()
+    };
+    wait_for("the orphan to lead a session of its own and be re-parented to the supervisor", || {
+        (session(orphan) == Some(orphan) && ppid(orphan) == Some(sup.id() as i32)).then_some(())
+    });
+    signal(orphan as u32, Signal::SIGKILL);
+    wait_for("the orphan to be reaped (not left a zombie)", || {
+        (!Path::new(&format!("/proc/{orphan}")).exists()).then_some(())
+    });
+    stop_cleanly(sup, stderr, &pid_file, &dir.path().join("no-state"), main);
+}
+
+/// A state file holding a snapshot of `pid` (a live process of ours) with `edit` applied to its
+/// JSON: what a stale or tampered file looks like.
+fn tampered_snapshot(pid: u32, edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let snapshot =
+        Snapshot::of_process(pid, lifeline::keepalive::Command::new("sleep").arg("600")).expect("snapshot");
+    let mut value: serde_json::Value = serde_json::from_str(&snapshot.to_json()).expect("json");
+    edit(&mut value);
+    value.to_string()
+}
+
+/// A directory that is nobody's business of lifeline's: a socket file bound by the test and
+/// another file. Returns the socket (keep it open) and the socket's path.
+fn victim(dir: &Path) -> (std::os::unix::net::UnixDatagram, std::path::PathBuf) {
+    let victim = dir.join("some/dir");
+    std::fs::create_dir_all(&victim).expect("mkdir");
+    std::fs::write(victim.join("keep"), "precious").expect("write");
+    let path = victim.join("x.sock");
+    (std::os::unix::net::UnixDatagram::bind(&path).expect("bind"), path)
+}
+
+fn assert_untouched(socket: &Path) {
+    assert!(socket.exists(), "{} was unlinked", socket.display());
+    let dir = socket.parent().expect("dir");
+    assert_eq!(std::fs::read_to_string(dir.join("keep")).expect("the other file"), "precious");
+}
+
+#[test]
+fn a_tampered_state_file_never_makes_the_supervisor_remove_what_it_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let (_socket, victim_socket) = victim(dir.path());
+    let content = tampered_snapshot(std::process::id(), |v| {
+        v["pid"] = 1.into();
+        v["start_time"] = 0.into();
+        v["notify_socket"] = victim_socket.display().to_string().into();
+    });
+    std::fs::write(&state, content).expect("write state");
+    let mut sup = supervise(&["--notify"], &state, &pid_file, &["sleep", "600"]);
+    let mut stderr = Stderr::of(&mut sup);
+    let line = stderr.wait("ignoring");
+    assert!(line.contains("pid 1 now belongs to another process"), "{line}");
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    assert_eq!(ppid(pid), Some(sup.id() as i32), "the command was started");
+    assert_untouched(&victim_socket);
+    stop_cleanly(sup, stderr, &pid_file, &state, pid);
+    assert_untouched(&victim_socket);
+    assert!(alive(1), "init");
+}
+
+#[test]
+fn an_adopted_snapshot_naming_a_foreign_notify_socket_leaves_it_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    let (_socket, victim_socket) = victim(dir.path());
+    let mut service = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let content = tampered_snapshot(service.id(), |v| {
+        v["notify_socket"] = victim_socket.display().to_string().into();
+    });
+    std::fs::write(&state, content).expect("write state");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let mut sup = supervise(&["--notify"], &state, &pid_file, &["sleep", "600"]);
+    let mut stderr = Stderr::of(&mut sup);
+    stderr.wait(&format!("adopted the running service (pid {})", service.id()));
+    assert_untouched(&victim_socket);
+    let snapshot = wait_for("the rewritten state file", || {
+        Snapshot::read(&state)
+            .ok()
+            .filter(|s| s.notify_socket.as_deref() != Some(&*victim_socket.to_string_lossy()))
+    });
+    assert!(snapshot.notify_socket.is_some(), "a socket of our own is served instead: {snapshot:?}");
+    let text = stop_cleanly(sup, stderr, &pid_file, &state, service.id() as i32);
+    service.wait().expect("reap the adopted service");
+    assert_untouched(&victim_socket);
+    assert!(text.contains("not a notify socket lifeline created"), "{text}");
+}
+
+/// Runs `lifeline supervise --state STATE -- sleep 600` on a state file that must be refused:
+/// exit 1, one line naming the file and `reason`, nothing started.
+fn refused(state: &Path, reason: &str) {
+    let dir = state.parent().expect("dir");
+    let pid_file = dir.join("refused.pid");
+    let out = lifeline()
+        .args(["supervise", "--state"])
+        .arg(state)
+        .arg("--pidfile")
+        .arg(&pid_file)
+        .args(["--", "sleep", "600"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with(&format!("lifeline: refusing state file {}: ", state.display())), "{stderr}");
+    assert!(stderr.contains(reason), "says why ({reason}): {stderr}");
+    assert!(!pid_file.exists(), "nothing was started");
+}
+
+#[test]
+fn a_state_file_others_can_write_or_a_symlink_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut service = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let content = tampered_snapshot(service.id(), |_| {});
+    let state = dir.path().join("svc.state");
+    for mode in [0o620, 0o602, 0o666] {
+        std::fs::write(&state, &content).expect("write state");
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(mode)).expect("chmod");
+        refused(&state, &format!("writable by group or others (mode {mode:04o})"));
+    }
+    let target = dir.path().join("real.state");
+    std::fs::write(&target, &content).expect("write");
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    let link = dir.path().join("link.state");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    refused(&link, "a symbolic link");
+    assert!(service.try_wait().expect("try_wait").is_none(), "the process the file names was left alone");
+    service.kill().expect("kill");
+    service.wait().expect("reap");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_state_file_owned_by_another_user_is_refused() {
+    assert!(nix::unistd::geteuid().is_root(), "needs root: files of other users, setpriv");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut service = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let state = dir.path().join("svc.state");
+    std::fs::write(&state, tampered_snapshot(service.id(), |_| {})).expect("write state");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown to nobody");
+    refused(&state, "owned by uid 65534");
+    // A file of our own, read by a supervisor running as someone else (nobody), is refused too.
+    std::os::unix::fs::chown(&state, Some(0), Some(0)).expect("chown back");
+    let nobody_dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::chown(nobody_dir.path(), Some(65534), Some(65534)).expect("chown dir");
+    let theirs = nobody_dir.path().join("svc.state");
+    std::fs::copy(&state, &theirs).expect("copy");
+    std::os::unix::fs::chown(&theirs, Some(1), Some(1)).expect("chown to daemon");
+    // Readable by nobody: the owner is what is wrong with it.
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o644)).expect("chmod");
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["supervise", "--state"])
+        .arg(&theirs)
+        .args(["--", "sleep", "600"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("owned by uid 1"), "{stderr}");
+    assert!(service.try_wait().expect("try_wait").is_none(), "the process the file names was left alone");
+    service.kill().expect("kill");
+    service.wait().expect("reap");
+}
+
+/// An edit of a snapshot's JSON.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+#[test]
+fn a_snapshot_from_another_boot_or_of_another_uid_is_stale() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+    // A live process whose pid and start time match: only the boot id or the uid tell it apart.
+    let mut service = Command::new("sleep").arg("600").spawn().expect("spawn sleep");
+    let uid = nix::unistd::getuid().as_raw();
+    let cases: [(&str, Edit); 2] = [
+        ("another boot", Box::new(|v| v["boot_id"] = "00000000-0000-4000-8000-000000000000".into())),
+        ("uid", Box::new(move |v| v["uid"] = (uid + 4242).into())),
+    ];
+    for (reason, edit) in cases {
+        std::fs::write(&state, tampered_snapshot(service.id(), edit)).expect("write state");
+        std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+        let mut sup = supervise(&[], &state, &pid_file, &["sleep", "600"]);
+        let mut stderr = Stderr::of(&mut sup);
+        let line = stderr.wait("ignoring");
+        assert!(line.starts_with("lifeline: ignoring stale state file"), "{line}");
+        assert!(line.contains(reason), "says why ({reason}): {line}");
+        let pid = wait_for("the pid file", || read_pid(&pid_file));
+        assert_ne!(pid, service.id() as i32);
+        stop_cleanly(sup, stderr, &pid_file, &state, pid);
+        assert!(service.try_wait().expect("try_wait").is_none(), "the process the file names was left alone");
+    }
+    service.kill().expect("kill");
+    service.wait().expect("reap");
+}
+
+#[test]
+fn the_pid_file_and_the_state_file_are_fsynced_before_the_rename_and_their_directory_after() {
+    // strace(1) as the real peer: it sees the system calls, in order. A rename that reaches the
+    // disk before the file's data leaves a zero-length file after a power loss.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (state, pid_file, trace) =
+        (dir.path().join("svc.state"), dir.path().join("svc.pid"), dir.path().join("trace"));
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,rename,renameat,renameat2", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["supervise", "--restart", "on-failure", "--pidfile"])
+        .arg(&pid_file)
+        .arg("--state")
+        .arg(&state)
+        .args(["--", "true"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run strace (installed by .ci/run)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&trace).expect("trace");
+    let lines: Vec<&str> = text.lines().collect();
+    let dir_shown = format!("<{}>", dir.path().display());
+    for file in [&pid_file, &state] {
+        let shown = format!("\"{}\"", file.display());
+        let renamed = lines
+            .iter()
+            .position(|l| l.contains("rename") && l.trim_end().ends_with("= 0") && l.contains(&shown))
+            .unwrap_or_else(|| panic!("no rename onto {}:\n{text}", file.display()));
+        // renameat2(AT_FDCWD<...>, "/dir/.svc.pid.XXXX.tmp", AT_FDCWD<...>, "/dir/svc.pid", ...)
+        let temp = lines[renamed].split('"').nth(1).expect("the temporary file's name");
+        let synced = lines[..renamed]
+            .iter()
+            .any(|l| (l.contains("fsync(") || l.contains("fdatasync(")) && l.contains(&format!("<{temp}>)")));
+        assert!(synced, "{temp} was not fsynced before it was renamed onto {}:\n{text}", file.display());
+        let dir_synced =
+            lines[renamed..].iter().any(|l| l.contains("fsync(") && l.contains(&format!("{dir_shown})")));
+        assert!(
+            dir_synced,
+            "the directory was not fsynced after the rename onto {}:\n{text}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_supervisor_from_stopping_the_service() {
+    // Whoever read our stderr is gone (a pipeline that ended, a log collector restarted): a line
+    // that cannot be written must not end supervision half-way through a stop.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (pid_file, ready) = (dir.path().join("svc.pid"), dir.path().join("ready"));
+    let script = format!("trap '' TERM; touch {}; while :; do sleep 1; done", ready.display());
+    let mut sup = lifeline()
+        .args(["supervise", "--grace", "200ms", "--pidfile"])
+        .arg(&pid_file)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = wait_for("the pid file", || read_pid(&pid_file));
+    wait_for("the trap", || ready.exists().then_some(()));
+    drop(sup.stdout.take());
+    drop(sup.stderr.take());
+    // The stop needs SIGKILL after the grace period, which is logged: to a closed pipe.
+    signal(sup.id(), Signal::SIGTERM);
+    let (status, _, _) = finish(sup);
+    assert_eq!(status.code(), Some(0));
+    assert!(!alive(pid), "the service was left running");
+    assert!(!pid_file.exists());
 }

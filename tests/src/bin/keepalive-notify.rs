@@ -8,6 +8,9 @@
 //!
 //! `keepalive-notify --mainpid PID --done FILE`: sends `MAINPID=PID`, then `STATUS=sent`.
 //!
+//! `keepalive-notify --send TEXT --done FILE`: sends TEXT as one message (verbatim: any
+//! assignments, valid or not), then `STATUS=sent`.
+//!
 //! `keepalive-notify --from-child --done FILE`: a child process sends `READY=1` (it is not the
 //! main process, so a supervisor must ignore it); once the child has exited, the main process
 //! sends `STATUS=after-child`.
@@ -24,7 +27,11 @@ fn main() {
     let done = opt("--done");
     let status = opt("--status");
 
-    let result: Result<(), String> = if let Some(pid) = opt("--mainpid") {
+    let result: Result<(), String> = if let Some(text) = opt("--send") {
+        sd_notify::notify(&[NotifyState::Custom(&text)])
+            .and_then(|()| sd_notify::notify(&[NotifyState::Status("sent")]))
+            .map_err(|e| format!("sd-notify: {e}"))
+    } else if let Some(pid) = opt("--mainpid") {
         let pid: u32 = pid.parse().expect("--mainpid PID");
         sd_notify::notify(&[NotifyState::MainPid(pid)])
             .and_then(|()| sd_notify::notify(&[NotifyState::Status("sent")]))

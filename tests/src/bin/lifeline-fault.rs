@@ -9,7 +9,9 @@
 //!
 //! Usage: `lifeline-fault --lifeline PATH --server PATH [--only NAME]`. The fixture
 //! `fault-lock-holder` is expected next to this program's own executable (`cargo xtask fault`
-//! builds both).
+//! builds both). The keepalive scenarios run this program itself in a few roles (a service that
+//! floods `NOTIFY_SOCKET`, one that names a stranger with `MAINPID=`, a bystander that records
+//! every signal it gets): see `roles`.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -45,6 +47,10 @@ struct Suite {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    // The roles this program plays inside its own scenarios (a service, a bystander).
+    if let Some(code) = roles::run(&args) {
+        return code;
+    }
     let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let (Some(lifeline), Some(server)) = (value("--lifeline"), value("--server")) else {
         eprintln!("usage: lifeline-fault --lifeline PATH --server PATH [--only NAME]");
@@ -71,6 +77,9 @@ fn main() -> ExitCode {
         ("1000 concurrent `lifeline restart` requests", Suite::restart_storm),
         ("SIGSTOP of the old process during its drain", Suite::old_process_stopped_while_draining),
         ("full disk during the state transfer", Suite::full_disk_during_state_transfer),
+        ("a tampered state file", Suite::tampered_state_file),
+        ("a notify-datagram flood", Suite::notify_flood),
+        ("MAINPID= naming an unrelated process, then a watchdog timeout", Suite::mainpid_unrelated),
     ];
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for (name, scenario) in scenarios {
@@ -1255,4 +1264,368 @@ fn restart_outcomes(clients: Vec<Child>) -> anyhow::Result<RestartOutcomes> {
         }
     }
     Ok((pids, refused, other))
+}
+
+/// The live (non-zombie) processes in session `sid`, from `/proc`.
+fn session_members(sid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first().is_some_and(|s| *s != "Z") && fields.get(3).is_some_and(|s| *s == sid.to_string())
+        })
+        .collect()
+}
+
+/// Children of `pid` that are zombies (exited, not reaped).
+fn zombie_children(pid: u32) -> Vec<u32> {
+    children(pid)
+        .into_iter()
+        .filter(|c| std::fs::read_to_string(format!("/proc/{c}/stat")).is_ok_and(|s| s.contains(") Z ")))
+        .collect()
+}
+
+/// `VmRSS` of `pid` in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// Runs `command` to its end, but kills it after [`PATIENCE`] (a regression must fail the
+/// scenario, not hang the suite).
+fn output_within(command: &mut Command) -> anyhow::Result<std::process::Output> {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let pid = child.id();
+    let deadline = Instant::now() + PATIENCE;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = child.wait();
+            anyhow::bail!("still running after {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// A directory the scenario must never see touched: a socket file bound by us and another file.
+struct Foreign {
+    dir: PathBuf,
+    socket: PathBuf,
+    _bound: std::os::unix::net::UnixDatagram,
+}
+
+impl Foreign {
+    fn new(root: &Path) -> anyhow::Result<Foreign> {
+        let dir = root.join("not-lifelines/run");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("keep"), "precious")?;
+        let socket = dir.join("x.sock");
+        let bound = std::os::unix::net::UnixDatagram::bind(&socket)?;
+        Ok(Foreign { dir, socket, _bound: bound })
+    }
+
+    fn untouched(&self) -> anyhow::Result<()> {
+        ensure!(self.socket.exists(), "{} was unlinked", self.socket.display());
+        ensure!(
+            std::fs::read_to_string(self.dir.join("keep")).is_ok_and(|t| t == "precious"),
+            "{} was changed or removed",
+            self.dir.join("keep").display()
+        );
+        Ok(())
+    }
+}
+
+/// Waits until the supervisor has no zombie child (it reaps them as they come).
+fn no_zombies(sup: &Supervise) -> anyhow::Result<()> {
+    wait_until("the supervisor to have no zombie child", || zombie_children(sup.pid()).is_empty())
+        .with_context(|| format!("zombies: {:?}", zombie_children(sup.pid())))
+}
+
+impl Suite {
+    /// A state file naming pid 1 (start time 0) and someone else's socket as its notify socket:
+    /// the supervisor says the snapshot is stale and starts the service, and neither the socket
+    /// nor its directory is touched. A state file others could write is refused in one line,
+    /// exit 1, nothing started, and the running service it names is left alone.
+    fn tampered_state_file(&self) -> Outcome {
+        let dir = tempfile::tempdir()?;
+        let foreign = Foreign::new(dir.path())?;
+        let (state, pid_file) = (dir.path().join("svc.state"), dir.path().join("svc.pid"));
+        let snapshot = keepalive::Snapshot::of_process(
+            std::process::id(),
+            keepalive::Command::new("sleep").arg("1000"),
+        )?;
+        let mut value: serde_json::Value = serde_json::from_str(&snapshot.to_json())?;
+        value["pid"] = 1.into();
+        value["start_time"] = 0.into();
+        value["notify_socket"] = foreign.socket.display().to_string().into();
+        std::fs::write(&state, value.to_string())?;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600))?;
+        let state_arg = state.to_str().context("utf-8 path")?;
+        let sup = Supervise::start(
+            self,
+            &dir.path().join("supervise.log"),
+            &pid_file,
+            &["--notify", "--state", state_arg],
+            &[Path::new("sleep"), Path::new("1000")],
+        )?;
+        let ignored = sup.wait_log("ignoring stale state file")?;
+        ensure!(ignored.contains("pid 1 now belongs to another process"), "{ignored}");
+        let pid = sup.wait_pid(None)?;
+        ensure!(ppid(pid) == Some(sup.pid()), "the service was not started by the supervisor");
+        ensure!(alive(1), "init");
+        foreign.untouched()?;
+
+        // A state file others can write: refused, nothing started, the service it names untouched.
+        let untrusted = dir.path().join("untrusted.state");
+        let other_pid = dir.path().join("other.pid");
+        std::fs::write(
+            &untrusted,
+            keepalive::Snapshot::of_process(pid, keepalive::Command::new("sleep"))?.to_json(),
+        )?;
+        std::fs::set_permissions(&untrusted, std::fs::Permissions::from_mode(0o666))?;
+        let out = output_within(
+            Command::new(&self.lifeline)
+                .arg("supervise")
+                .arg("--state")
+                .arg(&untrusted)
+                .arg("--pidfile")
+                .arg(&other_pid)
+                .args(["--", "sleep", "1000"])
+                .env_remove("RUST_LOG"),
+        )?;
+        let refused = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        ensure!(out.status.code() == Some(1), "exit {:?}: {refused}", out.status);
+        ensure!(refused.lines().count() == 1, "more than one line: {refused}");
+        ensure!(refused.contains("refusing state file") && refused.contains("mode 0666"), "{refused}");
+        ensure!(!other_pid.exists(), "a service was started from an untrusted state file");
+        ensure!(alive(pid) && read_pid(&pid_file) == Some(pid), "the running service was touched");
+
+        no_zombies(&sup)?;
+        sup.stop()?;
+        ensure!(!alive(pid), "the service survived the clean stop");
+        ensure!(session_members(pid).is_empty(), "left in the service's session: {:?}", session_members(pid));
+        foreign.untouched()?;
+        Ok(Ok(format!("\"{ignored}\"; the socket and directory it named untouched; \"{refused}\"")))
+    }
+
+    /// The service floods `NOTIFY_SOCKET` from its main pid without pause (`STATUS=`, `WATCHDOG=1`,
+    /// passed fds, oversized datagrams, bad `MAINPID=`), never stopping: the supervisor keeps up
+    /// (the 2 s watchdog never fires, the service is never restarted), its memory and descriptors
+    /// stay flat between 50 000 and 200 000 messages, and SIGTERM still stops everything at once.
+    fn notify_flood(&self) -> Outcome {
+        let dir = tempfile::tempdir()?;
+        let (pid_file, marker) = (dir.path().join("svc.pid"), dir.path().join("flooded"));
+        let me = std::env::current_exe()?;
+        let sup = Supervise::start(
+            self,
+            &dir.path().join("supervise.log"),
+            &pid_file,
+            &["--notify", "--watchdog", "2s"],
+            &[me.as_path(), Path::new("--flood-notify"), &marker],
+        )?;
+        let pid = sup.wait_pid(None)?;
+        let flooded = |n: u64| {
+            wait_until(&format!("{n} messages sent"), || {
+                std::fs::read_to_string(&marker)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .is_some_and(|m| m >= n)
+            })
+        };
+        // The fewest descriptors seen in a few looks (one may catch a received fd before it is closed).
+        let fds = |pid: u32| (0..5).map(|_| fd_count(pid)).min().unwrap_or(0);
+        flooded(50_000).with_context(|| sup.log())?;
+        let (rss_before, fds_before) = (rss_kib(sup.pid()).context("VmRSS")?, fds(sup.pid()));
+        flooded(200_000).with_context(|| sup.log())?;
+        let (rss_after, fds_after) = (rss_kib(sup.pid()).context("VmRSS")?, fds(sup.pid()));
+        ensure!(read_pid(&pid_file) == Some(pid) && alive(pid), "the service was restarted: {}", sup.log());
+        ensure!(!sup.log().contains("watchdog timeout"), "the supervisor fell behind: {}", sup.log());
+        ensure!(fds_after <= fds_before, "descriptors grew from {fds_before} to {fds_after}");
+        ensure!(
+            rss_after <= rss_before + 8 * 1024,
+            "memory grew from {rss_before} KiB to {rss_after} KiB over 150 000 messages"
+        );
+        no_zombies(&sup)?;
+        // Still flooding: a stop must get through.
+        sup.stop()?;
+        ensure!(!alive(pid), "the flooding service survived the stop");
+        ensure!(session_members(pid).is_empty(), "left in the service's session: {:?}", session_members(pid));
+        Ok(Ok(format!(
+            "200 000+ messages: no restart, VmRSS {rss_before} → {rss_after} KiB, {fds_before} → {fds_after} fds; \
+             stopped cleanly mid-flood"
+        )))
+    }
+
+    /// The service names a stranger — a process in a session of its own that records every
+    /// signal it gets — with `MAINPID=`, then stops sending `WATCHDOG=1`. The supervisor ignores
+    /// the `MAINPID=`, the watchdog kills and restarts the *service*, a clean stop stops it, and
+    /// the stranger never gets a signal (a real-time sentinel signal, delivered after any
+    /// standard one still pending, is the only line it records).
+    fn mainpid_unrelated(&self) -> Outcome {
+        let dir = tempfile::tempdir()?;
+        let (pid_file, record) = (dir.path().join("svc.pid"), dir.path().join("signals"));
+        let me = std::env::current_exe()?;
+        let mut stranger = Command::new(&me)
+            .arg("--record-signals")
+            .arg(&record)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("start the stranger")?;
+        let stranger_pid = stranger.id();
+        let result = (|| -> Outcome {
+            wait_until("the stranger to record signals", || {
+                std::fs::read_to_string(&record).is_ok_and(|t| t == "ready\n")
+            })?;
+            let stranger_arg = stranger_pid.to_string();
+            let sup = Supervise::start(
+                self,
+                &dir.path().join("supervise.log"),
+                &pid_file,
+                &["--watchdog", "1s"],
+                &[me.as_path(), Path::new("--send-mainpid"), Path::new(&stranger_arg)],
+            )?;
+            let first = sup.wait_pid(None)?;
+            let ignored = sup.wait_log("ignoring MAINPID=")?;
+            sup.wait_log("watchdog timeout")?;
+            let second = sup.wait_pid(Some(first))?;
+            ensure!(second != stranger_pid, "the pid file names the stranger");
+            ensure!(!alive(first), "the hung service survived its watchdog timeout");
+            no_zombies(&sup)?;
+            sup.stop()?;
+            ensure!(!alive(second), "the service survived the clean stop");
+            ensure!(session_members(second).is_empty(), "left in the service's session");
+            // Every signal the stranger got is logged before a real-time one sent after them.
+            // (nix has no real-time signals.)
+            // SAFETY: kill takes integers; the stranger is our unreaped child, its pid cannot be reused.
+            let sent = unsafe { libc::kill(stranger_pid as i32, libc::SIGRTMIN() + 2) };
+            ensure!(sent == 0, "cannot send the sentinel: {}", std::io::Error::last_os_error());
+            wait_until("the stranger to log the sentinel", || {
+                std::fs::read_to_string(&record).is_ok_and(|t| t.ends_with("sentinel\n"))
+            })?;
+            let got = std::fs::read_to_string(&record)?;
+            ensure!(got == "ready\nsentinel\n", "the stranger was signalled: {got:?}");
+            ensure!(alive(stranger_pid), "the stranger died");
+            let ignored =
+                ignored.find("ignoring").map_or(ignored.as_str(), |at| &ignored[at..]).trim().to_owned();
+            Ok(Ok(format!(
+                "`{ignored}`; the watchdog restarted the service ({first} → {second}); the stranger got no signal"
+            )))
+        })();
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+        result
+    }
+}
+
+/// What this program does when it runs as a part of a scenario instead of the driver.
+mod roles {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::process::ExitCode;
+
+    use nix::sys::signal::{SigSet, Signal};
+
+    /// Runs the role `args` name, if any (it never returns but by exiting or being killed).
+    pub(crate) fn run(args: &[String]) -> Option<ExitCode> {
+        match (args.get(1).map(String::as_str), args.get(2)) {
+            (Some("--flood-notify"), Some(marker)) => flood_notify(marker),
+            (Some("--send-mainpid"), Some(pid)) => send_mainpid(pid),
+            (Some("--record-signals"), Some(file)) => record_signals(file),
+            _ => return None,
+        }
+        Some(ExitCode::FAILURE)
+    }
+
+    fn no_core_files() {
+        let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: setrlimit reads the struct we pass; failing only leaves core files possible.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &raw const none) };
+    }
+
+    fn notify_socket() -> UnixDatagram {
+        let path = std::env::var("NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+        let socket = UnixDatagram::unbound().expect("socket");
+        socket.connect(path).expect("connect to NOTIFY_SOCKET");
+        socket
+    }
+
+    fn write_atomic(path: &str, text: &str) {
+        let tmp = format!("{path}.tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, path).expect("rename");
+    }
+
+    /// A service that sends `READY=1`, then datagrams without pause for ever: mostly
+    /// `STATUS=…` with `WATCHDOG=1`; every 10th passes an fd, every 100th is oversized, every
+    /// 1000th a `MAINPID=` that is not a pid. Writes how many it sent to MARKER every 10 000.
+    fn flood_notify(marker: &str) {
+        let socket = notify_socket();
+        socket.send(b"READY=1").expect("READY=1");
+        let null = std::fs::File::open("/dev/null").expect("/dev/null");
+        let fds = [null.as_raw_fd()];
+        let oversized = vec![b'x'; 5000];
+        for i in 1u64.. {
+            let text = format!("STATUS=flood {i}\nWATCHDOG=1");
+            let sent = if i % 1000 == 0 {
+                socket.send(b"MAINPID=1")
+            } else if i % 100 == 0 {
+                socket.send(&oversized)
+            } else if i % 10 == 0 {
+                nix::sys::socket::sendmsg::<()>(
+                    socket.as_raw_fd(),
+                    &[std::io::IoSlice::new(text.as_bytes())],
+                    &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            } else {
+                socket.send(text.as_bytes())
+            };
+            sent.expect("send to NOTIFY_SOCKET");
+            if i % 10_000 == 0 {
+                write_atomic(marker, &format!("{i}\n"));
+            }
+        }
+    }
+
+    /// A service that names `pid` with `MAINPID=`, says `STATUS=sent`, and then hangs: it never
+    /// sends `WATCHDOG=1`.
+    fn send_mainpid(pid: &str) {
+        no_core_files();
+        let socket = notify_socket();
+        socket.send(format!("MAINPID={pid}").as_bytes()).expect("MAINPID=");
+        socket.send(b"STATUS=sent").expect("STATUS=");
+        loop {
+            std::thread::park();
+        }
+    }
+
+    /// A bystander in a session of its own that appends the name of every signal it gets
+    /// (all but SIGKILL and SIGSTOP, which it cannot catch: those show as death or a stopped
+    /// state) to FILE; `SIGRTMIN+2` is logged as `sentinel`.
+    fn record_signals(file: &str) {
+        let _ = nix::unistd::setsid();
+        let all = SigSet::all();
+        all.thread_block().expect("block signals");
+        let signals = nix::sys::signalfd::SignalFd::new(&all).expect("signalfd");
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(file).expect("open");
+        std::io::Write::write_all(&mut log, b"ready\n").expect("log");
+        loop {
+            let Ok(Some(info)) = signals.read_signal() else { continue };
+            let number = info.ssi_signo as i32;
+            let name = if number == libc::SIGRTMIN() + 2 {
+                "sentinel".to_owned()
+            } else {
+                Signal::try_from(number)
+                    .map_or_else(|_| format!("signal {number}"), |s| s.as_str().to_owned())
+            };
+            std::io::Write::write_all(&mut log, format!("{name}\n").as_bytes()).expect("log");
+        }
+    }
 }

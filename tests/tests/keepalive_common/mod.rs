@@ -75,3 +75,39 @@ pub fn started_pid(kind: &EventKind) -> Option<u32> {
         _ => None,
     }
 }
+
+/// A process held by a pidfd opened while it is known to be running: unlike its pid, the handle
+/// can never come to mean another process.
+pub struct Held {
+    pub pid: u32,
+    fd: OwnedFd,
+}
+
+impl Held {
+    /// Opens a pidfd for `pid`, which the caller knows is running.
+    pub fn new(pid: u32) -> Held {
+        Held { pid, fd: pidfd(pid).unwrap_or_else(|| panic!("pid {pid} is not running")) }
+    }
+
+    /// Whether the process has exited (now, without waiting).
+    pub fn has_exited(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd that lives across the call.
+        unsafe { libc::poll(&raw mut pfd, 1, 0) > 0 }
+    }
+}
+
+/// The live (non-zombie) processes whose session is `sid`, from `/proc`.
+pub fn session_members(sid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first().is_some_and(|s| *s != "Z") && fields.get(3) == Some(&sid.to_string().as_str())
+        })
+        .collect()
+}

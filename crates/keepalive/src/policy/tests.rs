@@ -220,4 +220,30 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn absurd_units_windows_and_jitter_never_overflow(
+        unit_secs in prop_oneof![Just(u64::MAX), any::<u64>(), 0u64..100],
+        unit_nanos in 0u32..1_000_000_000,
+        jitter in prop_oneof![Just(1.0f64), Just(0.0f64), 0.0f64..=1.0, any::<f64>()],
+        window_secs in prop_oneof![Just(u64::MAX), any::<u64>()],
+        limit in 0u32..5,
+        history in proptest::collection::vec(arb_exit(), 1..20),
+        seed in any::<u64>(),
+    ) {
+        let unit = Duration::new(unit_secs, unit_nanos);
+        let mut policy = Backoff::scaled(unit)
+            .with_jitter(jitter)
+            .with_seed(seed)
+            .with_give_up(limit, Duration::from_secs(window_secs));
+        let max = policy.max_delay;
+        let mut at = Instant::now();
+        for (ran, failed, gap) in history {
+            at = at.checked_add(Duration::from_millis(gap)).unwrap_or(at);
+            let ran = MS * ran as u32;
+            if let Decision::Restart { after } = policy.decide(&if failed { crash(at, ran) } else { clean(at, ran) }) {
+                prop_assert!(after <= max);
+            }
+        }
+    }
 }

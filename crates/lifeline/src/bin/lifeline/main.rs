@@ -70,6 +70,10 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .with_target(false)
+        // A line that cannot be written (stderr is a closed pipe) is dropped: by default the
+        // subscriber reports that with `eprintln!`, which panics — and a panic in the supervisor's
+        // task ended supervision half-way through a stop, leaving the service running.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -89,3 +93,13 @@ fn error_line(err: &anyhow::Error) -> String {
     }
     line.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// Writes one line to stderr, like `eprintln!` but never panicking: a closed stderr must not end
+/// a process that still has a service or a lock to look after.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use say;

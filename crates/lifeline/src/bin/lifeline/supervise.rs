@@ -54,8 +54,10 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value_t = Restart::Always)]
     restart: Restart,
     /// Keep a snapshot of the service in FILE (JSON, replaced atomically); on start, adopt the
-    /// process it names if it still runs (same pid and start time) instead of starting CMD. A
-    /// stale snapshot is ignored. Removed on a clean stop. One supervisor per FILE (FILE.lock).
+    /// process it names if it still runs (same boot, pid, start time and uid) instead of starting
+    /// CMD. A stale snapshot is ignored; a FILE that is a symlink, not ours (or root's), or
+    /// writable by group or others is refused. Removed on a clean stop. One supervisor per FILE
+    /// (FILE.lock).
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Send the service --stop-signal when the supervisor dies, even by SIGKILL (default: the
@@ -110,6 +112,9 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
         // Orphans of the service are re-parented to us and reaped; a handover successor becomes
         // our child once its parent exits, so its exit status stays known.
         subreaper: true,
+        // This process exists only for the service: every child is its, every one is reaped
+        // (also orphans that called setsid()), and a stop ends only when none is left.
+        dedicated: true,
         ..Config::default()
     };
     let (program, rest) = args.cmd.split_first().context("no command given")?;
@@ -150,14 +155,22 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
             Action::Forward(sig) => {
                 // (The `cli` feature has no tracing dependency; the library logs, this one line is ours.)
                 if let Err(err) = supervised.signal(sig).await {
-                    eprintln!("lifeline: cannot forward {sig}: {err}");
+                    crate::say!("lifeline: cannot forward {sig}: {err}");
                 }
             }
             Action::Stop => {
                 // A stop that needed SIGKILL is still a stop: the service is gone, exit 0 (the
-                // library has logged a warning).
-                let _outcome: StopOutcome = supervised.stop().await?;
-                return Ok(ExitCode::SUCCESS);
+                // library has logged a warning). Exit 0 means nothing of it is left running.
+                match supervised.stop().await? {
+                    StopOutcome::Stuck { survivors, .. } => {
+                        let pids: Vec<String> = survivors.iter().map(u32::to_string).collect();
+                        anyhow::bail!(
+                            "stopped `{display}`, but pid {} survived SIGKILL (uninterruptible sleep?)",
+                            pids.join(", ")
+                        )
+                    }
+                    _ => return Ok(ExitCode::SUCCESS),
+                }
             }
             Action::Finished(Finished::GaveUp { reason, last }) => {
                 anyhow::bail!("gave up on `{display}`: {reason}; last exit: {last}")
@@ -184,7 +197,7 @@ fn lock_state(state: &Path) -> anyhow::Result<Option<DirLock>> {
         Ok(lock) => Ok(Some(lock)),
         Err(err) if err.is_contention() => {
             let holder = err.holder_pid().map_or_else(String::new, |pid| format!(" (pid {pid})"));
-            eprintln!("lifeline: state file {} is in use by another supervisor{holder}", state.display());
+            crate::say!("lifeline: state file {} is in use by another supervisor{holder}", state.display());
             Ok(None)
         }
         Err(err) => Err(err).with_context(|| format!("cannot lock state file {}", state.display())),
@@ -205,8 +218,11 @@ fn adopt_or_spawn(
         Err(Error::ReadSnapshot { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             return Ok(supervisor().spawn()?);
         }
+        // Whoever could write it could make us adopt (and later signal) any process: refuse, and
+        // start nothing (a second instance beside a running one is no better).
+        Err(err @ Error::UntrustedFile { .. }) => return Err(err.into()),
         Err(err) => {
-            eprintln!("lifeline: ignoring state file {shown}: {err}; starting the command");
+            crate::say!("lifeline: ignoring state file {shown}: {err}; starting the command");
             return Ok(supervisor().spawn()?);
         }
     };
@@ -222,11 +238,16 @@ fn adopt_or_spawn(
                 // PR_SET_PDEATHSIG can only be set by a process on itself before we exec it.
                 line.push_str("; not our child, it will not die with this supervisor");
             }
-            eprintln!("{line}");
+            crate::say!("{line}");
             Ok(supervised)
         }
-        Err(err @ (Error::NotRunning { .. } | Error::PidReused { .. })) => {
-            eprintln!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
+        Err(
+            err @ (Error::NotRunning { .. }
+            | Error::PidReused { .. }
+            | Error::OtherBoot { .. }
+            | Error::OtherUid { .. }),
+        ) => {
+            crate::say!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
             Ok(supervisor().spawn()?)
         }
         Err(err) => Err(err).with_context(|| format!("cannot adopt pid {pid} from state file {shown}")),
