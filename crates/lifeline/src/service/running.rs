@@ -254,6 +254,10 @@ impl Running {
             retired,
         });
         let running = Running { inner };
+        #[cfg(feature = "tls")]
+        if let Some(watcher) = &running.inner.certificates {
+            super::tls::Tls::follow(watcher);
+        }
         if let Some(server) = control {
             running.serve_control(server);
         }

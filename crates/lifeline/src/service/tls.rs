@@ -102,13 +102,23 @@ pub(crate) struct Tls {
     pub(crate) acceptor: TlsAcceptor,
 }
 
+impl Tls {
+    /// Starts following the files (after the commit).
+    pub(crate) fn follow(watcher: &CertWatcher) {
+        if let Err(err) = watcher.start() {
+            tracing::error!(error = %err, "cannot follow the certificate files; serving the loaded pair");
+        }
+    }
+}
+
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tls").field("watcher", &self.watcher).finish_non_exhaustive()
     }
 }
 
-/// Loads and validates the pair, starts following it, builds the acceptor; logs reload events.
+/// Loads and validates the pair and builds the acceptor; logs reload events. The watch starts
+/// with [`Tls::follow`].
 /// `None` when no certificate source was configured.
 pub(crate) fn start(spec: &TlsSpec) -> Result<Option<Tls>, Error> {
     let Some(source) = &spec.source else { return Ok(None) };
@@ -122,7 +132,11 @@ pub(crate) fn start(spec: &TlsSpec) -> Result<Option<Tls>, Error> {
         Source::Pem { cert, key } => Arc::new(PemFiles::new(cert, key).with_provider(Arc::clone(&provider))),
         Source::Custom(source) => Arc::clone(source),
     };
-    let watcher = CertWatcher::watch(source, spec.watch.clone()).map_err(|source| Error::Tls { source })?;
+    // Loaded and validated now; watched only once the service is ready (`Running::launch`): a
+    // successor's time to readiness is its predecessor's restart latency, and the watch (a
+    // thread, inotify) is not needed to take over — a change in between is caught when the watch
+    // starts, which compares the files with what was loaded.
+    let watcher = CertWatcher::new(source, spec.watch.clone()).map_err(|source| Error::Tls { source })?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|source| Error::TlsConfig { source })?
