@@ -919,8 +919,13 @@ impl Suite {
         // is never picked up. (The race is provoked deterministically in certwatch's unit test;
         // here the real server meets it as an attacker would.)
         let garbage = server.path("garbage");
+        // At least 15 000 swaps, and on until a logged refusal shows a reload met them: a fast
+        // machine finishes 15 000 inside one reload interval, and a refusal that repeats the
+        // last one (the FIFO's) is logged at debug only, so only a reload that met the garbage
+        // shows.
         let mut swaps = 0;
-        while swaps < 15_000 {
+        let met = |swaps: u32| swaps % 1_000 == 0 && failures(&server) > seen;
+        while swaps < 2_000_000 && (swaps < 15_000 || !met(swaps)) {
             nix::unistd::mkfifo(&spare, mode)?;
             std::fs::rename(&spare, &cert)?;
             std::fs::write(&garbage, "not a certificate")?;
