@@ -102,6 +102,7 @@ mod config;
 mod engine;
 mod error;
 mod event;
+mod load;
 mod sni;
 mod source;
 mod watch;
@@ -112,6 +113,7 @@ pub use client_ca::{CaInfo, ClientCaFile, ClientCaWatcher, ReloadingClientVerifi
 pub use config::{MAX_INTERVAL, WatchConfig, WatchMode};
 pub use error::Error;
 pub use event::{Outcome, ReloadEvent, Stats};
+pub use load::{LOAD_NICENESS, LoadOn};
 pub use sni::SniResolver;
 pub use source::{CertSource, DEFAULT_MAX_FILE_SIZE, PemFiles};
 pub use watcher::{CertResolver, CertWatcher, THREAD_CACHE_ENTRIES};
