@@ -362,7 +362,7 @@ impl DirWatcher {
 }
 
 /// Our own reads open and close the files: those events must not trigger reloads.
-fn is_relevant(kind: EventKind) -> bool {
+pub(crate) fn is_relevant(kind: EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
