@@ -18,11 +18,13 @@ use tokio::net::{UnixListener, UnixStream};
 
 const MECHANISM: &str = "restart-socket";
 const HELD_CONNECTIONS: usize = 500;
+/// The largest point of the concurrent-clients curve (below the server's default limit of 1024).
+const CURVE_MAX: usize = 1000;
 /// An echo message the size of a Status request frame's answer (header + ~20 bytes).
 const ECHO_LEN: usize = 24;
 
 fn main() -> anyhow::Result<()> {
-    raise_fd_limit(4 * HELD_CONNECTIONS as u64 + 256)?;
+    raise_fd_limit(4 * CURVE_MAX as u64 + 256)?;
     let dir = tempfile::tempdir()?;
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -71,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(still_open == HELD_CONNECTIONS, "the server closed held connections during the measurement");
         report_loaded(unloaded, loaded);
         drop(held);
+        concurrent_clients_curve(&socket, &echo).await?;
         anyhow::Ok(())
     })?;
 
@@ -173,6 +176,101 @@ async fn echo_server(listener: UnixListener, shutdown: CancellationToken) {
             }
         });
     }
+}
+
+/// The control-socket curve: 1, 100 and 1 000 clients (`--quick`: 1) connect at the same moment
+/// and each asks `Status` once; the round trip (connect → answer) of every client, over enough
+/// bursts for a p99, against the same burst of clients on the bare echo server in the same run
+/// (bursts alternate). Every refusal (a `Busy` answer, a failed connect) is counted: the limit is
+/// 1 024 connections, so none is allowed.
+async fn concurrent_clients_curve(socket: &Path, echo: &Path) -> anyhow::Result<()> {
+    let points: &[usize] = if quick() { &[1] } else { &[1, 100, CURVE_MAX] };
+    for &clients in points {
+        let bursts = if quick() { 5 } else { (20_000 / clients).clamp(20, 2_000) };
+        let (mut status, mut echoes) = (Vec::new(), Vec::new());
+        let (mut refused, mut echo_failed) = (0usize, 0usize);
+        for _ in 0..bursts {
+            let (ok, failed) = burst(clients, socket, true).await;
+            status.extend(ok);
+            refused += failed;
+            let (ok, failed) = burst(clients, echo, false).await;
+            echoes.extend(ok);
+            echo_failed += failed;
+        }
+        let (p99, b99) = (percentile(&mut status, 99.0), percentile(&mut echoes, 99.0));
+        let (p50, b50) = (percentile(&mut status, 50.0), percentile(&mut echoes, 50.0));
+        eprintln!(
+            "bench-restart-socket: {clients} concurrent clients × {bursts} bursts: Status p50 {p50:.0} µs p99 {p99:.0} µs, \
+             {refused} refused; echo p50 {b50:.0} µs p99 {b99:.0} µs, {echo_failed} failed"
+        );
+        let curve = "Status round trip p99 vs concurrent clients";
+        Row::new(
+            MECHANISM,
+            &format!("Status round trip p99 (connect → answer), {clients} clients at once, {bursts} bursts"),
+            p99 / 1e3,
+            "ms",
+            if clients == CURVE_MAX { "≤ 10 ms" } else { "informational (target at 1000)" },
+        )
+        .baseline("the same burst on a bare unix-socket echo server (connect + echo), p99", b99 / 1e3)
+        .point(curve, "concurrent clients", clients as f64)
+        .met_if(clients == CURVE_MAX, p99 <= 10_000.0)
+        .emit();
+        Row::new(
+            MECHANISM,
+            &format!("refused or failed Status requests, {clients} clients at once (limit 1024)"),
+            refused as f64,
+            "count",
+            "0",
+        )
+        .baseline("failed echoes in the same bursts", echo_failed as f64)
+        .point("refused requests vs concurrent clients", "concurrent clients", clients as f64)
+        .met(refused == 0)
+        .emit();
+    }
+    Ok(())
+}
+
+/// `clients` tasks, released together, each connecting and asking once; their round trips in µs
+/// and how many failed.
+async fn burst(clients: usize, path: &Path, status: bool) -> (Vec<f64>, usize) {
+    // Closed until every task exists; then opened for all at once (a late task finds it open).
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (gate, path) = (gate.clone(), path.to_owned());
+        tasks.spawn(async move {
+            let _pass = gate.acquire().await;
+            let start = Instant::now();
+            let result = if status {
+                match Client::connect(&path).await {
+                    Ok(mut client) => client.status().await.map(drop).map_err(anyhow::Error::from),
+                    Err(err) => Err(err.into()),
+                }
+            } else {
+                match UnixStream::connect(&path).await {
+                    Ok(mut conn) => echo_once(&mut conn).await,
+                    Err(err) => Err(err.into()),
+                }
+            };
+            result.map(|()| us(start.elapsed()))
+        });
+    }
+    tokio::task::yield_now().await;
+    gate.add_permits(clients);
+    let (mut ok, mut failed) = (Vec::with_capacity(clients), 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(rtt)) => ok.push(rtt),
+            Ok(Err(err)) => {
+                if failed == 0 {
+                    eprintln!("bench-restart-socket: a client failed: {err:#}");
+                }
+                failed += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (ok, failed)
 }
 
 /// Whether the server still holds `conn` open (nothing to read, no EOF).
