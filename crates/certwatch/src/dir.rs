@@ -156,8 +156,8 @@ struct Pair {
     names: Vec<String>,
 }
 
-/// A fast hash for the name index: a name is hashed on every handshake, so SipHash's DoS
-/// resistance would be paid for nothing — the keys are the certificates' names, fixed by whoever
+/// A fast hash for the name index: a name is hashed on every handshake, so `SipHash`'s
+/// resistance to flooding would be paid for nothing — the keys are the certificates' names, fixed by whoever
 /// writes the folder, and a client's name can only miss or hit them. A word at a time: multiply,
 /// fold the high half down (names that differ only in a word's high bytes, `host-0123`, must not
 /// cancel out in the next word), and a final avalanche (murmur3's `fmix64`) so that the low bits
@@ -245,7 +245,7 @@ struct Shared {
 
 /// What a load of some pairs found.
 enum Found {
-    Loaded(Pair),
+    Loaded(Box<Pair>),
     Failed(Error),
     Gone,
 }
@@ -264,12 +264,12 @@ impl Shared {
                 }
                 self.loads.fetch_add(1, Ordering::Relaxed);
                 let found = match check(&files) {
-                    Ok(checked) => Found::Loaded(Pair {
+                    Ok(checked) => Found::Loaded(Box::new(Pair {
                         sig,
                         names: served_names(stem, &checked.info),
                         key: checked.certified_key,
                         info: checked.info,
-                    }),
+                    })),
                     Err(err) => Found::Failed(err),
                 };
                 (stem.clone(), found)
@@ -296,7 +296,7 @@ impl Shared {
                     }
                     tracing::info!(pair = %stem, names = ?pair.names, "serving {}", pair.info.subject);
                     let _ = self.events.send(ReloadEvent::Reloaded(pair.info.clone()));
-                    pairs.insert(stem, pair);
+                    pairs.insert(stem, *pair);
                     changed = true;
                 }
                 Found::Failed(err) => {
@@ -468,7 +468,7 @@ impl CertDir {
     /// The names served now, sorted (wildcards as `*.example.com`).
     pub fn names(&self) -> Vec<String> {
         let index = self.shared.index.load();
-        let mut names: Vec<String> = index.exact.keys().map(|k| k.to_string()).collect();
+        let mut names: Vec<String> = index.exact.keys().map(ToString::to_string).collect();
         names.extend(index.wildcard.keys().map(|k| format!("*.{k}")));
         names.sort();
         names
@@ -511,9 +511,16 @@ impl Drop for CertDir {
 
 impl fmt::Debug for CertDir {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let running = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|t| !t.is_finished());
         f.debug_struct("CertDir")
             .field("source", &self.shared.source)
             .field("names", &self.names().len())
+            .field("running", &running)
             .finish()
     }
 }
@@ -553,15 +560,14 @@ impl CertDirResolver {
             .try_with(|cell| {
                 let mut caches = cell.try_borrow_mut().ok()?;
                 let mine: &ArcSwap<Index> = &self.index;
-                let at = match caches.iter().position(|c| std::ptr::eq(c.arc_swap(), mine)) {
-                    Some(i) => i,
-                    None => {
-                        if caches.len() >= crate::watcher::THREAD_CACHE_ENTRIES {
-                            caches.remove(0);
-                        }
-                        caches.push(arc_swap::Cache::new(Arc::clone(&self.index)));
-                        caches.len() - 1
+                let at = if let Some(i) = caches.iter().position(|c| std::ptr::eq(c.arc_swap(), mine)) {
+                    i
+                } else {
+                    if caches.len() >= crate::watcher::THREAD_CACHE_ENTRIES {
+                        caches.remove(0);
                     }
+                    caches.push(arc_swap::Cache::new(Arc::clone(&self.index)));
+                    caches.len() - 1
                 };
                 Some(caches[at].load().select(server_name).cloned())
             })
@@ -616,6 +622,7 @@ struct Dirty {
 /// The watch task: one inotify watch on the folder; the pairs whose files changed are reloaded
 /// after the debounce; everything is re-checked every `recheck_interval` (and polled every
 /// `poll_interval` while notifications do not work).
+#[allow(clippy::too_many_lines)]
 async fn run(shared: Arc<Shared>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let dirty = Arc::new(Dirty { stems: Mutex::new(Some(HashSet::new())), ..Dirty::default() });

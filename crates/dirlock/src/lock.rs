@@ -152,11 +152,10 @@ impl DirLock {
                     // before it, so the lock is tried once more at once.
                     if let Some(w) = waker.as_mut()
                         && let Some(k) = file.as_ref()
+                        && w.arm(k.fd(), &path)
                     {
-                        if w.arm(k.fd(), &path) {
-                            kept = file;
-                            continue;
-                        }
+                        kept = file;
+                        continue;
                     }
                     let delay = backoff.next_delay();
                     kept = file;

@@ -101,12 +101,12 @@ impl SealedState {
             .map_err(|_| Error::StateTooLarge { len: len as u64, limit: u32::MAX as usize })?;
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(|e| Error::Io { op: "create a memfd for the state", source: e.into() })?;
-        let file = std::fs::File::from(fd);
+        let memfd = std::fs::File::from(fd);
         let total = HEADER_LEN + len;
-        file.set_len(total as u64).map_err(Error::io("size the state memfd"))?;
+        memfd.set_len(total as u64).map_err(Error::io("size the state memfd"))?;
         {
             let mut map =
-                Mapping::new(file.as_fd(), total, true).map_err(Error::io("map the state memfd"))?;
+                Mapping::new(memfd.as_fd(), total, true).map_err(Error::io("map the state memfd"))?;
             let bytes = map.bytes_mut();
             bytes[..4].copy_from_slice(&crate::state::STATE_MAGIC);
             bytes[4..8].copy_from_slice(&version.to_le_bytes());
@@ -114,9 +114,9 @@ impl SealedState {
             fill(&mut bytes[HEADER_LEN..]);
             // Unmapped here: F_SEAL_WRITE is refused while a writable shared mapping exists.
         }
-        fcntl(&file, FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL))
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL))
             .map_err(|e| Error::Io { op: "seal the state memfd", source: e.into() })?;
-        Ok(file.into())
+        Ok(memfd.into())
     }
 
     /// Maps the state frame in `fd` — a sealed memfd, as for [`SealedState::read`] — read-only,
