@@ -178,51 +178,57 @@ async fn echo_server(listener: UnixListener, shutdown: CancellationToken) {
     }
 }
 
-/// The control-socket curve: 1, 100 and 1 000 clients (`--quick`: 1) connect at the same moment
-/// and each asks `Status` once; the round trip (connect → answer) of every client, over enough
-/// bursts for a p99, against the same burst of clients on the bare echo server in the same run
-/// (bursts alternate). Every refusal (a `Busy` answer, a failed connect) is counted: the limit is
-/// 1 024 connections, so none is allowed.
+/// The control-socket curve: 1, 100 and 1 000 clients (`--quick`: 1) connected at once, each
+/// asking `Status` again and again, paced so that all of them together ask [`CURVE_RATE`] times a
+/// second (one client alone asks back to back): the round trip of every request, against the
+/// same clients on the bare echo server, in the same run (the two alternate). The clients connect
+/// in one burst; every refusal (a `Busy` answer, a failed connect or request) is counted: the
+/// limit is 1 024 connections, so none is allowed.
 async fn concurrent_clients_curve(socket: &Path, echo: &Path) -> anyhow::Result<()> {
     let points: &[usize] = if quick() { &[1] } else { &[1, 100, CURVE_MAX] };
+    let window = if quick() { Duration::from_millis(300) } else { Duration::from_secs(4) };
+    let rounds = if quick() { 1 } else { 2 };
     for &clients in points {
-        let bursts = if quick() { 5 } else { (20_000 / clients).clamp(20, 2_000) };
         let (mut status, mut echoes) = (Vec::new(), Vec::new());
         let (mut refused, mut echo_failed) = (0usize, 0usize);
-        for _ in 0..bursts {
-            let (ok, failed) = burst(clients, socket, true).await;
+        for _ in 0..rounds {
+            let (ok, failed) = paced(clients, socket, true, window).await;
             status.extend(ok);
             refused += failed;
-            let (ok, failed) = burst(clients, echo, false).await;
+            let (ok, failed) = paced(clients, echo, false, window).await;
             echoes.extend(ok);
             echo_failed += failed;
         }
         let (p99, b99) = (percentile(&mut status, 99.0), percentile(&mut echoes, 99.0));
         let (p50, b50) = (percentile(&mut status, 50.0), percentile(&mut echoes, 50.0));
         eprintln!(
-            "bench-restart-socket: {clients} concurrent clients × {bursts} bursts: Status p50 {p50:.0} µs p99 {p99:.0} µs, \
-             {refused} refused; echo p50 {b50:.0} µs p99 {b99:.0} µs, {echo_failed} failed"
+            "bench-restart-socket: {clients} concurrent clients: {} Status requests, p50 {p50:.0} µs p99 {p99:.0} µs, \
+             {refused} refused; echo {} requests, p50 {b50:.0} µs p99 {b99:.0} µs, {echo_failed} failed",
+            status.len(),
+            echoes.len()
         );
-        let curve = "Status round trip p99 vs concurrent clients";
         Row::new(
             MECHANISM,
-            &format!("Status round trip p99 (connect → answer), {clients} clients at once, {bursts} bursts"),
+            &format!(
+                "Status round trip p99, {clients} clients connected at once asking together {CURVE_RATE}/s ({} requests)",
+                status.len()
+            ),
             p99 / 1e3,
             "ms",
             if clients == CURVE_MAX { "≤ 10 ms" } else { "informational (target at 1000)" },
         )
-        .baseline("the same burst on a bare unix-socket echo server (connect + echo), p99", b99 / 1e3)
-        .point(curve, "concurrent clients", clients as f64)
+        .baseline("the same clients on a bare unix-socket echo server, p99", b99 / 1e3)
+        .point("Status round trip p99 vs concurrent clients", "concurrent clients", clients as f64)
         .met_if(clients == CURVE_MAX, p99 <= 10_000.0)
         .emit();
         Row::new(
             MECHANISM,
-            &format!("refused or failed Status requests, {clients} clients at once (limit 1024)"),
+            &format!("refused or failed Status connections and requests, {clients} clients connecting at once (limit 1024)"),
             refused as f64,
             "count",
             "0",
         )
-        .baseline("failed echoes in the same bursts", echo_failed as f64)
+        .baseline("failed echo connections and requests, same clients", echo_failed as f64)
         .point("refused requests vs concurrent clients", "concurrent clients", clients as f64)
         .met(refused == 0)
         .emit();
@@ -230,47 +236,70 @@ async fn concurrent_clients_curve(socket: &Path, echo: &Path) -> anyhow::Result<
     Ok(())
 }
 
-/// `clients` tasks, released together, each connecting and asking once; their round trips in µs
-/// and how many failed.
-async fn burst(clients: usize, path: &Path, status: bool) -> (Vec<f64>, usize) {
+/// How many requests per second all the clients of a point ask together.
+const CURVE_RATE: usize = 2_000;
+
+/// `clients` tasks connect in one burst (released together), then each asks once per
+/// `clients / CURVE_RATE` seconds (jittered) until `window` has passed; the round trips in µs
+/// and how many connections or requests failed.
+async fn paced(clients: usize, path: &Path, status: bool, window: Duration) -> (Vec<f64>, usize) {
     // Closed until every task exists; then opened for all at once (a late task finds it open).
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    // Every client connected (or failed to) before any asks: the round trips are those of
+    // `clients` open connections, not of the connection burst (whose refusals are counted).
+    let connected = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..clients {
-        let (gate, path) = (gate.clone(), path.to_owned());
+    let period = Duration::from_secs_f64(clients as f64 / CURVE_RATE as f64);
+    for id in 0..clients {
+        let (gate, path, connected) = (gate.clone(), path.to_owned(), connected.clone());
         tasks.spawn(async move {
             let _pass = gate.acquire().await;
-            let start = Instant::now();
-            let result = if status {
-                match Client::connect(&path).await {
-                    Ok(mut client) => client.status().await.map(drop).map_err(anyhow::Error::from),
-                    Err(err) => Err(err.into()),
-                }
+            let (mut rtts, mut failed) = (Vec::new(), 0usize);
+            let conn = if status {
+                Client::connect(&path).await.map(|c| Conn::Status(Box::new(c))).map_err(anyhow::Error::from)
             } else {
-                match UnixStream::connect(&path).await {
-                    Ok(mut conn) => echo_once(&mut conn).await,
-                    Err(err) => Err(err.into()),
-                }
+                UnixStream::connect(&path).await.map(Conn::Echo).map_err(anyhow::Error::from)
             };
-            result.map(|()| us(start.elapsed()))
+            connected.wait().await;
+            let Ok(mut conn) = conn else { return (rtts, 1) };
+            // Spread the clients over the period, then keep each to its pace.
+            let mut next = Instant::now() + period.mul_f64((id as f64 * 0.618_034).fract());
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                tokio::time::sleep_until(next.into()).await;
+                let start = Instant::now();
+                let asked = match &mut conn {
+                    Conn::Status(client) => client.status().await.map(drop).map_err(anyhow::Error::from),
+                    Conn::Echo(stream) => echo_once(stream).await,
+                };
+                if asked.is_err() {
+                    failed += 1;
+                    break;
+                }
+                rtts.push(us(start.elapsed()));
+                next += period;
+            }
+            (rtts, failed)
         });
     }
     tokio::task::yield_now().await;
     gate.add_permits(clients);
-    let (mut ok, mut failed) = (Vec::with_capacity(clients), 0);
+    let (mut ok, mut failed) = (Vec::new(), 0);
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(rtt)) => ok.push(rtt),
-            Ok(Err(err)) => {
-                if failed == 0 {
-                    eprintln!("bench-restart-socket: a client failed: {err:#}");
-                }
-                failed += 1;
+            Ok((rtts, f)) => {
+                ok.extend(rtts);
+                failed += f;
             }
             Err(_) => failed += 1,
         }
     }
     (ok, failed)
+}
+
+enum Conn {
+    Status(Box<Client>),
+    Echo(UnixStream),
 }
 
 /// Whether the server still holds `conn` open (nothing to read, no EOF).
