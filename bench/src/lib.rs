@@ -34,6 +34,21 @@ pub struct Row {
     /// Raw samples of the baseline (same unit), plotted beside `samples`; may be empty.
     #[serde(default)]
     pub baseline_samples: Vec<f64>,
+    /// When the row is one point of a cost curve: which curve, and where on it.
+    #[serde(default)]
+    pub curve: Option<Point>,
+}
+
+/// A row's place on a cost curve: rows of one mechanism with the same `curve` are drawn as one
+/// line chart (figure and baseline against `x`) and tabled together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Point {
+    /// The curve's title, e.g. `hand-off p99 vs waiting processes`.
+    pub curve: String,
+    /// What grows along the curve, e.g. `waiting processes`.
+    pub x_label: String,
+    /// The point's position on it.
+    pub x: f64,
 }
 
 impl Row {
@@ -50,7 +65,14 @@ impl Row {
             met: None,
             samples: Vec::new(),
             baseline_samples: Vec::new(),
+            curve: None,
         }
+    }
+
+    /// Places the row on the cost curve `curve` at `x` (what grows along it: `x_label`).
+    pub fn point(mut self, curve: &str, x_label: &str, x: f64) -> Self {
+        self.curve = Some(Point { curve: curve.to_owned(), x_label: x_label.to_owned(), x });
+        self
     }
 
     /// Adds the baseline this figure is compared with.
@@ -63,6 +85,15 @@ impl Row {
     /// Records whether the target was met.
     pub fn met(mut self, met: bool) -> Self {
         self.met = Some(met);
+        self
+    }
+
+    /// Records whether the target was met, when it `applies` to this row (a curve's target is
+    /// often set at one point only; the others are informational).
+    pub fn met_if(mut self, applies: bool, met: bool) -> Self {
+        if applies {
+            self.met = Some(met);
+        }
         self
     }
 
@@ -134,6 +165,33 @@ pub fn ns_per_call(batches: usize, per_batch: usize, mut f: impl FnMut()) -> Vec
             start.elapsed().as_nanos() as f64 / per_batch as f64
         })
         .collect()
+}
+
+/// The spread of `samples` as `min–max` with `digits` decimals (for a row name: a figure beside
+/// the range of the repetitions it is the median of).
+pub fn spread(samples: &[f64], digits: usize) -> String {
+    let (min, max) =
+        samples.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    if samples.is_empty() { "—".to_owned() } else { format!("{min:.digits$}–{max:.digits$}") }
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to `want` (at most the hard limit); returns the
+/// soft limit now in force.
+pub fn raise_fd_limit(want: u64) -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let target = want.min(limit.rlim_max);
+    if limit.rlim_cur < target {
+        limit.rlim_cur = target;
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// Milliseconds in a duration, as a float.

@@ -673,3 +673,42 @@ fn an_independent_successor_takes_over_through_scm_rights() {
         let _ = child.wait();
     }
 }
+
+/// A large state passed as a sealed memfd with the upgrade (`LifecycleHandler::upgrade_fds`,
+/// `SealedState::build` / `map`): every successor, spawned or connected through the handover
+/// socket, maps exactly the bytes its predecessor built, and the fds of one upgrade are not passed
+/// again with the next.
+#[test]
+fn a_sealed_state_passes_with_each_upgrade_and_is_mapped_intact() {
+    const BYTES: usize = 8 << 20;
+    let mut server = Server::start(|dir, cmd| {
+        cmd.arg("--sealed-state").arg(BYTES.to_string());
+        cmd.arg("--successor-socket").arg(dir.join("handover"));
+    });
+    for _ in 0..3 {
+        let previous = server.pid;
+        let pid = server.restart().unwrap();
+        let line = server.stdout.wait("sealed-state ");
+        assert_eq!(field(&line, "bytes"), BYTES.to_string(), "{line}");
+        assert!(line.ends_with(" intact"), "{line}");
+        server.stdout.wait(&format!("exit pid={previous} "));
+        // One sealed state per process: the successor holds only the one it was given.
+        let memfds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+            .filter(|target| target.to_string_lossy().contains("memfd:sealed-state"))
+            .count();
+        assert!(memfds <= 1, "pid {pid} holds {memfds} sealed states");
+    }
+    // The same through the handover socket: an independently started successor.
+    let mut cmd = Command::new(FIXTURE);
+    cmd.arg("--from-socket").arg(server.path("handover"));
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    let line = lines.wait("sealed-state ");
+    assert!(line.ends_with(" intact"), "{line}");
+    let ready = lines.wait("ready ");
+    server.pids.push(field(&ready, "pid").parse().unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::ci::cargo;
 use crate::project_root;
-use crate::svg::{Series, cdf, line_chart};
+use crate::svg::{Series, cdf, curve_chart, line_chart};
 
 /// Arguments of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
@@ -40,6 +40,16 @@ struct Row {
     samples: Vec<f64>,
     #[serde(default)]
     baseline_samples: Vec<f64>,
+    #[serde(default)]
+    curve: Option<Point>,
+}
+
+/// A row's place on a cost curve (see `lifeline_bench::Point`).
+#[derive(Debug, Deserialize)]
+struct Point {
+    curve: String,
+    x_label: String,
+    x: f64,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
@@ -118,6 +128,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     }
     let plots = plot(&rows, &out_dir)?;
     let mut report = render(&rows, args.quick);
+    report.push_str(&render_curves(&rows, &out_dir)?);
     if !plots.is_empty() {
         report.push_str("\n## Distributions\n\n");
         for (name, file) in &plots {
@@ -170,6 +181,98 @@ fn render(rows: &[Row], quick: bool) -> String {
         }
     }
     md
+}
+
+/// The rows of each cost curve, in the order the programs printed them: (mechanism, curve) →
+/// rows.
+fn curves(rows: &[Row]) -> Vec<((&str, &str), Vec<&Row>)> {
+    let mut out: Vec<((&str, &str), Vec<&Row>)> = Vec::new();
+    for row in rows {
+        let Some(point) = &row.curve else { continue };
+        let key = (row.mechanism.as_str(), point.curve.as_str());
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, list)) => list.push(row),
+            None => out.push((key, vec![row])),
+        }
+    }
+    out
+}
+
+/// "## Cost curves": per curve, a table of its points (figure, baseline, ratio, target, met) and
+/// a line chart of the figure and its baseline on the same axes.
+fn render_curves(rows: &[Row], out_dir: &std::path::Path) -> anyhow::Result<String> {
+    let curves = curves(rows);
+    if curves.is_empty() {
+        return Ok(String::new());
+    }
+    let mut md = String::from(
+        "\n## Cost curves\n\nEach point beside its baseline from the same run; the chart draws both on the same axes.\n",
+    );
+    for (i, ((mechanism, curve), points)) in curves.iter().enumerate() {
+        let x_label = points[0].curve.as_ref().map_or("x", |p| p.x_label.as_str());
+        let _ = write!(
+            md,
+            "\n### {mechanism}: {curve}\n\n| {x_label} | figure | value | baseline | ratio | target | met |\n|---|---|---|---|---|---|---|\n"
+        );
+        for row in points {
+            let x = row.curve.as_ref().map_or(0.0, |p| p.x);
+            let baseline = match (&row.baseline_name, row.baseline) {
+                (Some(name), Some(v)) => format!("{} {} ({name})", fmt_num(v), row.unit),
+                _ => "—".to_owned(),
+            };
+            let ratio = row
+                .baseline
+                .filter(|b| *b != 0.0)
+                .map_or("—".to_owned(), |b| format!("{:.2}×", row.value / b));
+            let met = match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "—",
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} {} | {baseline} | {ratio} | {} | {met} |",
+                if x.fract() == 0.0 { format!("{x:.0}") } else { fmt_num(x) },
+                row.name,
+                fmt_num(row.value),
+                row.unit,
+                row.target
+            );
+        }
+        // One chart per unit (a curve may carry, say, a latency and a CPU share): the figure and
+        // its baseline, each a line through the points.
+        let mut units: Vec<&str> = points.iter().map(|r| r.unit.as_str()).collect();
+        units.dedup();
+        let mut seen = Vec::new();
+        for unit in units {
+            if seen.contains(&unit) {
+                continue;
+            }
+            seen.push(unit);
+            let of_unit: Vec<&&Row> = points.iter().filter(|r| r.unit == unit).collect();
+            let xy = |value: &dyn Fn(&Row) -> Option<f64>| -> Vec<(f64, f64)> {
+                of_unit.iter().filter_map(|r| Some((r.curve.as_ref()?.x, value(r)?))).collect()
+            };
+            let figure = xy(&|r| Some(r.value));
+            let baseline = xy(&|r| r.baseline);
+            if figure.len() < 2 && baseline.len() < 2 {
+                continue;
+            }
+            let figure_name = format!("{curve} ({unit})");
+            let baseline_name =
+                of_unit.iter().find_map(|r| r.baseline_name.clone()).unwrap_or_else(|| "baseline".to_owned());
+            let mut series = vec![Series { name: &figure_name, points: figure }];
+            if baseline.len() > 1 {
+                series.push(Series { name: &baseline_name, points: baseline });
+            }
+            let title = format!("{mechanism}: {curve}");
+            let svg = curve_chart(&title, x_label, unit, &series);
+            let file = format!("curve-{i:02}-{}.svg", slug(&format!("{mechanism}-{curve}-{unit}")));
+            std::fs::write(out_dir.join(&file), svg)?;
+            let _ = writeln!(md, "\n![{title} ({unit})]({file})");
+        }
+    }
+    Ok(md)
 }
 
 /// One SVG per figure that carries samples: the CDF of the figure, and of its baseline when the

@@ -100,7 +100,192 @@ fn main() -> anyhow::Result<()> {
     .emit();
 
     idle_rows()?;
+    supervisors_curve()?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The curve: many supervisors in one process.
+
+/// Resident memory of this process, in KiB.
+fn own_rss_kib() -> anyhow::Result<u64> {
+    status_field(Path::new("/proc/self/status"), "VmRSS:")
+}
+
+/// Voluntary context switches of every thread of this process.
+fn own_switches() -> anyhow::Result<u64> {
+    voluntary_switches(std::process::id())
+}
+
+/// The floor of supervising: the child held by a pidfd that tokio watches, one task each.
+struct Bare {
+    children: Vec<std::process::Child>,
+    exited: tokio::sync::mpsc::UnboundedReceiver<(u32, Instant)>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+// `AsyncFd::new` is deprecated in newer tokio for types whose fd may change; an `OwnedFd` owns
+// one fd for its whole life (keepalive's own `sys::async_fd` says the same).
+#[allow(deprecated)]
+fn bare_watchers(n: usize) -> anyhow::Result<Bare> {
+    let (tx, exited) = tokio::sync::mpsc::unbounded_channel();
+    let mut children = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let child = sleeper()?;
+        let pid = child.id();
+        let fd = tokio::io::unix::AsyncFd::new(pidfd_open(pid)?)?;
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            if fd.readable().await.is_ok() {
+                let _ = tx.send((pid, Instant::now()));
+            }
+        }));
+        children.push(child);
+    }
+    Ok(Bare { children, exited, tasks })
+}
+
+/// 1, 100 and 1 000 `keepalive::Supervisor`s in one process (`--quick`: 1), each supervising a
+/// `sleep`: resident memory per supervised service, exit detection latency (SIGKILL of one of
+/// them → its `Exited` event), and wake-ups while every one of them is idle — each beside the
+/// floor measured in the same run: the same number of children held by bare pidfds watched by
+/// tokio, one task each.
+fn supervisors_curve() -> anyhow::Result<()> {
+    lifeline_bench::raise_fd_limit(16_384)?;
+    let points: &[usize] = if quick() { &[1] } else { &[1, 100, 1000] };
+    let idle = if quick() { Duration::from_millis(500) } else { Duration::from_secs(5) };
+    for &n in points {
+        let kills = if quick() { 3 } else { 30 };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // The floor first, in its own runtime and dropped before the figure: the memory of each
+        // is measured from the same starting point.
+        let (floor_kib, floor_detect, floor_wakes) = runtime.block_on(async {
+            let before = own_rss_kib()?;
+            let mut bare = bare_watchers(n)?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let kib = own_rss_kib()?.saturating_sub(before) as f64 / n as f64;
+            let switches = own_switches()?;
+            tokio::time::sleep(idle).await;
+            let wakes = own_switches()?.saturating_sub(switches);
+            let mut detect = Vec::new();
+            for i in 0..kills.min(n) {
+                let pid = bare.children[i * n / kills.min(n)].id();
+                let t0 = Instant::now();
+                sigkill(pid)?;
+                loop {
+                    let (seen, at) = bare.exited.recv().await.context("bare watcher")?;
+                    if seen == pid {
+                        detect.push(us(at.duration_since(t0)));
+                        break;
+                    }
+                }
+            }
+            for child in &mut bare.children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            for task in bare.tasks.drain(..) {
+                task.abort();
+            }
+            anyhow::Ok((kib, detect, wakes))
+        })?;
+        drop(runtime);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (kib, detect, wakes) = runtime.block_on(async {
+            let before = own_rss_kib()?;
+            let restart = |_: &Exit| Decision::Restart { after: Duration::ZERO };
+            let mut supervised = Vec::with_capacity(n);
+            for _ in 0..n {
+                supervised.push(Supervisor::new(Command::new("sleep").arg("600")).policy(restart).spawn()?);
+            }
+            let mut events: Vec<keepalive::Events> =
+                supervised.iter().map(keepalive::Supervised::events).collect();
+            // Every service started (its Started event), then let the supervisors settle.
+            let mut pids = Vec::with_capacity(n);
+            for ev in &mut events {
+                loop {
+                    match ev.next().await.map(|e| e.kind) {
+                        Some(EventKind::Started { pid, .. }) => break pids.push(pid),
+                        Some(_) => {}
+                        None => bail!("a supervisor ended"),
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let kib = own_rss_kib()?.saturating_sub(before) as f64 / n as f64;
+            let switches = own_switches()?;
+            tokio::time::sleep(idle).await;
+            let wakes = own_switches()?.saturating_sub(switches);
+            let mut detect = Vec::new();
+            for i in 0..kills.min(n) {
+                let k = i * n / kills.min(n);
+                let t0 = Instant::now();
+                sigkill(pids[k])?;
+                detect.push(us(exited_at(&mut events[k]).await?.duration_since(t0)));
+                // Its restart, before the next sample.
+                loop {
+                    match events[k].next().await.map(|e| e.kind) {
+                        Some(EventKind::Started { pid, .. }) => break pids[k] = pid,
+                        Some(_) => {}
+                        None => bail!("a supervisor ended"),
+                    }
+                }
+            }
+            let stops: Vec<_> = supervised.into_iter().map(|s| tokio::spawn(s.stop())).collect();
+            for stop in stops {
+                stop.await??;
+            }
+            anyhow::Ok((kib, detect, wakes))
+        })?;
+        drop(runtime);
+        report_curve_point(n, idle, (kib, detect, wakes), (floor_kib, floor_detect, floor_wakes));
+    }
+    Ok(())
+}
+
+fn report_curve_point(n: usize, idle: Duration, figure: (f64, Vec<f64>, u64), floor: (f64, Vec<f64>, u64)) {
+    let (kib, mut detect, wakes) = figure;
+    let (floor_kib, mut floor_detect, floor_wakes) = floor;
+    let (p50, floor_p50) = (percentile(&mut detect, 50.0), percentile(&mut floor_detect, 50.0));
+    eprintln!(
+        "bench-keepalive: {n} supervisors: {kib:.1} KiB each (floor {floor_kib:.1}), exit detection p50 {p50:.0} µs \
+         (floor {floor_p50:.0}), {wakes} wake-ups in {idle:?} idle (floor {floor_wakes})"
+    );
+    let at_max = n == 1000;
+    Row::new(
+        MECHANISM,
+        &format!("resident memory per supervised service, {n} supervisors in one process"),
+        kib,
+        "KiB",
+        "≤ 64 KiB",
+    )
+    .baseline("a child held by a bare pidfd watched by tokio, one task each", floor_kib)
+    .point("memory per supervised service vs supervisors", "supervisors in one process", n as f64)
+    .met(kib <= 64.0)
+    .emit();
+    Row::new(
+        MECHANISM,
+        &format!("exit detection p50 with {n} supervisors in one process (SIGKILL → Exited event)"),
+        p50,
+        "µs",
+        if at_max { "≤ 1 ms" } else { "informational (target at 1000)" },
+    )
+    .baseline("bare pidfd watched by tokio among as many (floor)", floor_p50)
+    .point("exit detection p50 vs supervisors", "supervisors in one process", n as f64)
+    .met_if(at_max, p50 <= 1000.0)
+    .emit();
+    Row::new(
+        MECHANISM,
+        &format!("wake-ups of the whole process while {n} supervisors are idle, over {} s (voluntary context switches)", idle.as_secs_f64()),
+        wakes as f64,
+        "count",
+        "≤ floor: no wake-up of its own (the timed sleep that opens the window is one)",
+    )
+    .baseline("the same number of bare pidfd watchers, same window", floor_wakes as f64)
+    .point("idle wake-ups vs supervisors", "supervisors in one process", n as f64)
+    .met(wakes <= floor_wakes)
+    .emit();
 }
 
 fn pidfd_open(pid: u32) -> anyhow::Result<OwnedFd> {

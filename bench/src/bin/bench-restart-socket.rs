@@ -18,11 +18,13 @@ use tokio::net::{UnixListener, UnixStream};
 
 const MECHANISM: &str = "restart-socket";
 const HELD_CONNECTIONS: usize = 500;
+/// The largest point of the concurrent-clients curve (below the server's default limit of 1024).
+const CURVE_MAX: usize = 1000;
 /// An echo message the size of a Status request frame's answer (header + ~20 bytes).
 const ECHO_LEN: usize = 24;
 
 fn main() -> anyhow::Result<()> {
-    raise_fd_limit(4 * HELD_CONNECTIONS as u64 + 256)?;
+    raise_fd_limit(4 * CURVE_MAX as u64 + 256)?;
     let dir = tempfile::tempdir()?;
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let client_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -71,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(still_open == HELD_CONNECTIONS, "the server closed held connections during the measurement");
         report_loaded(unloaded, loaded);
         drop(held);
+        concurrent_clients_curve(&socket, &echo).await?;
         anyhow::Ok(())
     })?;
 
@@ -173,6 +176,130 @@ async fn echo_server(listener: UnixListener, shutdown: CancellationToken) {
             }
         });
     }
+}
+
+/// The control-socket curve: 1, 100 and 1 000 clients (`--quick`: 1) connected at once, each
+/// asking `Status` again and again, paced so that all of them together ask [`CURVE_RATE`] times a
+/// second (one client alone asks back to back): the round trip of every request, against the
+/// same clients on the bare echo server, in the same run (the two alternate). The clients connect
+/// in one burst; every refusal (a `Busy` answer, a failed connect or request) is counted: the
+/// limit is 1 024 connections, so none is allowed.
+async fn concurrent_clients_curve(socket: &Path, echo: &Path) -> anyhow::Result<()> {
+    let points: &[usize] = if quick() { &[1] } else { &[1, 100, CURVE_MAX] };
+    let window = if quick() { Duration::from_millis(300) } else { Duration::from_secs(4) };
+    let rounds = if quick() { 1 } else { 2 };
+    for &clients in points {
+        let (mut status, mut echoes) = (Vec::new(), Vec::new());
+        let (mut refused, mut echo_failed) = (0usize, 0usize);
+        for _ in 0..rounds {
+            let (ok, failed) = paced(clients, socket, true, window).await;
+            status.extend(ok);
+            refused += failed;
+            let (ok, failed) = paced(clients, echo, false, window).await;
+            echoes.extend(ok);
+            echo_failed += failed;
+        }
+        let (p99, b99) = (percentile(&mut status, 99.0), percentile(&mut echoes, 99.0));
+        let (p50, b50) = (percentile(&mut status, 50.0), percentile(&mut echoes, 50.0));
+        eprintln!(
+            "bench-restart-socket: {clients} concurrent clients: {} Status requests, p50 {p50:.0} µs p99 {p99:.0} µs, \
+             {refused} refused; echo {} requests, p50 {b50:.0} µs p99 {b99:.0} µs, {echo_failed} failed",
+            status.len(),
+            echoes.len()
+        );
+        Row::new(
+            MECHANISM,
+            &format!(
+                "Status round trip p99, {clients} clients connected at once asking together {CURVE_RATE}/s ({} requests)",
+                status.len()
+            ),
+            p99 / 1e3,
+            "ms",
+            if clients == CURVE_MAX { "≤ 10 ms" } else { "informational (target at 1000)" },
+        )
+        .baseline("the same clients on a bare unix-socket echo server, p99", b99 / 1e3)
+        .point("Status round trip p99 vs concurrent clients", "concurrent clients", clients as f64)
+        .met_if(clients == CURVE_MAX, p99 <= 10_000.0)
+        .emit();
+        Row::new(
+            MECHANISM,
+            &format!("refused or failed Status connections and requests, {clients} clients connecting at once (limit 1024)"),
+            refused as f64,
+            "count",
+            "0",
+        )
+        .baseline("failed echo connections and requests, same clients", echo_failed as f64)
+        .point("refused requests vs concurrent clients", "concurrent clients", clients as f64)
+        .met(refused == 0)
+        .emit();
+    }
+    Ok(())
+}
+
+/// How many requests per second all the clients of a point ask together.
+const CURVE_RATE: usize = 2_000;
+
+/// `clients` tasks connect in one burst (released together), then each asks once per
+/// `clients / CURVE_RATE` seconds (jittered) until `window` has passed; the round trips in µs
+/// and how many connections or requests failed.
+async fn paced(clients: usize, path: &Path, status: bool, window: Duration) -> (Vec<f64>, usize) {
+    // Closed until every task exists; then opened for all at once (a late task finds it open).
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    // Every client connected (or failed to) before any asks: the round trips are those of
+    // `clients` open connections, not of the connection burst (whose refusals are counted).
+    let connected = std::sync::Arc::new(tokio::sync::Barrier::new(clients));
+    let mut tasks = tokio::task::JoinSet::new();
+    let period = Duration::from_secs_f64(clients as f64 / CURVE_RATE as f64);
+    for id in 0..clients {
+        let (gate, path, connected) = (gate.clone(), path.to_owned(), connected.clone());
+        tasks.spawn(async move {
+            let _pass = gate.acquire().await;
+            let (mut rtts, mut failed) = (Vec::new(), 0usize);
+            let conn = if status {
+                Client::connect(&path).await.map(|c| Conn::Status(Box::new(c))).map_err(anyhow::Error::from)
+            } else {
+                UnixStream::connect(&path).await.map(Conn::Echo).map_err(anyhow::Error::from)
+            };
+            connected.wait().await;
+            let Ok(mut conn) = conn else { return (rtts, 1) };
+            // Spread the clients over the period, then keep each to its pace.
+            let mut next = Instant::now() + period.mul_f64((id as f64 * 0.618_034).fract());
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                tokio::time::sleep_until(next.into()).await;
+                let start = Instant::now();
+                let asked = match &mut conn {
+                    Conn::Status(client) => client.status().await.map(drop).map_err(anyhow::Error::from),
+                    Conn::Echo(stream) => echo_once(stream).await,
+                };
+                if asked.is_err() {
+                    failed += 1;
+                    break;
+                }
+                rtts.push(us(start.elapsed()));
+                next += period;
+            }
+            (rtts, failed)
+        });
+    }
+    tokio::task::yield_now().await;
+    gate.add_permits(clients);
+    let (mut ok, mut failed) = (Vec::new(), 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((rtts, f)) => {
+                ok.extend(rtts);
+                failed += f;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (ok, failed)
+}
+
+enum Conn {
+    Status(Box<Client>),
+    Echo(UnixStream),
 }
 
 /// Whether the server still holds `conn` open (nothing to read, no EOF).

@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let pki = Pki::write(&pki_dir)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
+    idle_connections_curve(&helper, &pki, dir.path(), &runtime)?;
     throughput(&helper, &pki, dir.path())?;
     let handover_helper = built(&bin_dir, "bench-handover-server", &["-p", "lifeline-bench", "--bin"])?;
     restart_latency(&helper, &handover_helper, &pki, dir.path(), &runtime)?;
@@ -176,6 +177,165 @@ fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Ok(Duration::from_micros(ticks * 1_000_000 / per_second))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The curve: restarts under 0, 1 000 and 10 000 idle keep-alive TLS connections.
+
+/// The quiet period after which `lifeline::service` closes an idle connection during a drain.
+const QUIET_PERIOD: Duration = Duration::from_millis(500);
+
+/// Opens `n` keep-alive TLS connections to `addr`, each having completed one request, and keeps
+/// them idle (64 handshakes at a time).
+async fn open_idle(
+    n: usize,
+    addr: SocketAddr,
+    pki: &Pki,
+) -> anyhow::Result<Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&pki.client));
+    let mut open = Vec::with_capacity(n);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut started = 0;
+    while open.len() < n {
+        while started < n && pending.len() < 64 {
+            started += 1;
+            let connector = connector.clone();
+            pending.spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let mut tls = connector.connect(ServerName::try_from("localhost")?, tcp).await?;
+                tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n").await?;
+                // The answer is small: one read gets headers and body.
+                let mut buf = [0u8; 1024];
+                let got = tls.read(&mut buf).await?;
+                anyhow::ensure!(
+                    got > 0 && buf.starts_with(b"HTTP/1.1 200"),
+                    "no answer on an idle connection"
+                );
+                anyhow::Ok(tls)
+            });
+        }
+        let joined = pending.join_next().await.context("pending connections")?;
+        open.push(joined??);
+    }
+    Ok(open)
+}
+
+/// Restart latency (request → `RestartComplete`), the drain (`RestartComplete` → the old process's
+/// exit) and failed requests of a steady load, with 0, 1 000 and 10 000 idle keep-alive TLS
+/// connections on the restarted process (`--quick`: 0). The points alternate within each
+/// repetition, so each point's p50 is beside the p50 at 0 from the same run.
+#[allow(clippy::too_many_lines)]
+fn idle_connections_curve(
+    helper: &Path,
+    pki: &Pki,
+    dir: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<()> {
+    let points: &[usize] = if quick() { &[0] } else { &[0, 1000, 10_000] };
+    let reps = if quick() { 2 } else { 7 };
+    // Both ends of every connection: this process holds the clients; the server (our child)
+    // inherits the raised limit for the servers' ends.
+    let limit = lifeline_bench::raise_fd_limit(32_768)?;
+    anyhow::ensure!(
+        limit as usize > points.iter().max().copied().unwrap_or(0) + 512,
+        "RLIMIT_NOFILE {limit} is too low"
+    );
+    let mut server = start_helper(helper, "--service", pki, dir, "idle-curve")?;
+    let load_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let load = load_rt.block_on(async {
+        lifeline_tests::load::Load::start(&lifeline_tests::load::LoadConfig {
+            addr: server.addr,
+            server_name: "localhost".to_owned(),
+            roots: vec![pki.ca.clone()],
+            workers: 2,
+            keep_alive: true,
+            path: "/".to_owned(),
+            pause: Duration::from_millis(2),
+        })
+    });
+    load_rt.block_on(load.wait_for_more(50));
+    let idle_rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    // One untimed restart: page cache, lazy paths.
+    server.restart(runtime, true)?;
+    let mut latency: Vec<Vec<f64>> = vec![Vec::new(); points.len()];
+    let mut drains: Vec<Vec<f64>> = vec![Vec::new(); points.len()];
+    let mut failed = vec![0u64; points.len()];
+    let mut exited = vec![0usize; points.len()];
+    for rep in 0..reps {
+        for (i, &n) in points.iter().enumerate() {
+            let idle = idle_rt.block_on(open_idle(n, server.addr, pki))?;
+            load_rt.block_on(load.wait_for_more(20));
+            let failed_before = load.failed();
+            let old = server.pid;
+            let elapsed = server.restart(runtime, false)?;
+            let complete = Instant::now();
+            server.wait_exit(old)?;
+            let drain = complete.elapsed();
+            exited[i] += 1;
+            latency[i].push(ms(elapsed));
+            drains[i].push(ms(drain));
+            drop(idle);
+            load_rt.block_on(load.wait_for_more(20));
+            failed[i] += load.failed() - failed_before;
+            eprintln!(
+                "bench-service: rep {rep}, {n} idle connections: restart {:.1} ms, drain {:.0} ms",
+                ms(elapsed),
+                ms(drain)
+            );
+        }
+    }
+    let samples = load_rt.block_on(load.stop());
+    let longest = samples.iter().map(|s| s.latency).max().unwrap_or_default();
+    server.stop()?;
+    let base = median(&mut latency[0].clone());
+    for (i, &n) in points.iter().enumerate() {
+        let p50 = median(&mut latency[i].clone());
+        let curve = "restart latency p50 vs idle keep-alive TLS connections";
+        Row::new(
+            MECHANISM,
+            &format!("restart latency p50 with {n} idle keep-alive TLS connections + steady load ({reps} restarts, range {})", lifeline_bench::spread(&latency[i], 1)),
+            p50,
+            "ms",
+            if n == 10_000 { "≤ 1.2× baseline" } else { "informational (target at 10000)" },
+        )
+        .baseline("the same restart with 0 idle connections, same run (p50)", base)
+        .point(curve, "idle keep-alive TLS connections", n as f64)
+        .met_if(n == 10_000, p50 <= 1.2 * base)
+        .samples(latency[i].clone())
+        .emit();
+        Row::new(
+            MECHANISM,
+            &format!("failed requests of the steady load over {reps} restarts, {n} idle connections"),
+            failed[i] as f64,
+            "count",
+            "0",
+        )
+        .point(
+            "failed requests vs idle keep-alive TLS connections",
+            "idle keep-alive TLS connections",
+            n as f64,
+        )
+        .met(failed[i] == 0)
+        .emit();
+        let drain_max = drains[i].iter().copied().fold(0.0, f64::max);
+        let bound = ms(QUIET_PERIOD + longest);
+        Row::new(
+            MECHANISM,
+            &format!(
+                "drain (RestartComplete → old process exited), longest of {reps}, {n} idle connections; {}/{reps} old processes exited",
+                exited[i]
+            ),
+            drain_max,
+            "ms",
+            "≤ quiet period (500 ms) + the longest request in flight",
+        )
+        .baseline("quiet period + the longest request of the load", bound)
+        .point("drain time vs idle keep-alive TLS connections", "idle keep-alive TLS connections", n as f64)
+        .met(drain_max <= bound && exited[i] == reps)
+        .emit();
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -517,6 +677,7 @@ struct Pki {
     cert: PathBuf,
     key: PathBuf,
     client: Arc<rustls::ClientConfig>,
+    ca: CertificateDer<'static>,
 }
 
 impl Pki {
@@ -542,7 +703,12 @@ impl Pki {
             .with_root_certificates(roots)
             .with_no_client_auth();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Pki { cert: cert_path, key: key_path, client: Arc::new(client) })
+        Ok(Pki {
+            cert: cert_path,
+            key: key_path,
+            client: Arc::new(client),
+            ca: CertificateDer::from(ca.der().to_vec()),
+        })
     }
 }
 

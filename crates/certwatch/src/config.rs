@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::load::LoadOn;
+
 /// How changes on disk are noticed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -43,6 +45,9 @@ pub struct WatchConfig {
     pub expiry_warning: Duration,
     /// How many events a slow subscriber may fall behind before it misses some (default 64).
     pub event_capacity: usize,
+    /// Where a reload reads, parses and validates the files (default
+    /// [`LoadOn::LowPriorityThread`]: off the runtime's workers, at a lower priority).
+    pub load_on: LoadOn,
 }
 
 impl Default for WatchConfig {
@@ -54,6 +59,7 @@ impl Default for WatchConfig {
             mode: WatchMode::Auto,
             expiry_warning: Duration::from_secs(14 * 24 * 3600),
             event_capacity: 64,
+            load_on: LoadOn::default(),
         }
     }
 }
@@ -92,6 +98,12 @@ impl WatchConfig {
     /// Sets [`event_capacity`](WatchConfig::event_capacity).
     pub fn event_capacity(mut self, n: usize) -> Self {
         self.event_capacity = n;
+        self
+    }
+
+    /// Sets [`load_on`](WatchConfig::load_on).
+    pub fn load_on(mut self, on: LoadOn) -> Self {
+        self.load_on = on;
         self
     }
 

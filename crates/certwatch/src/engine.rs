@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::config::WatchConfig;
 use crate::error::Error;
 use crate::event::{Outcome, ReloadEvent, Stats};
+use crate::load::LoadOn;
 
 /// What a watched item is made of: files to watch and a validating loader.
 pub(crate) trait Loader: Send + Sync + 'static {
@@ -25,7 +26,7 @@ pub(crate) trait Loader: Send + Sync + 'static {
     fn paths(&self) -> Vec<PathBuf>;
     /// A name for logs.
     fn describe(&self) -> String;
-    /// Loads and fully validates; runs on a blocking thread.
+    /// Loads and fully validates; runs off the runtime (see [`LoadOn`]).
     fn load(&self) -> Result<(Arc<Self::Value>, Self::Info), Error>;
 }
 
@@ -62,6 +63,8 @@ pub(crate) struct Shared<L: Loader> {
     unchanged: AtomicU64,
     pub(crate) polling: AtomicBool,
     expiry_warning: Duration,
+    /// Where loads run.
+    load_on: LoadOn,
     /// Serialises attempts (the task's and manual ones) and remembers what was last reported.
     attempt: tokio::sync::Mutex<Reported>,
     /// The files' metadata taken just before the first load: the watch task skips its start-up
@@ -101,14 +104,11 @@ impl<L: Loader> Shared<L> {
         let _ = self.events.send(event);
     }
 
-    /// Loads on the blocking pool, swaps if valid and different, reports.
+    /// Loads off the runtime (see [`LoadOn`]), swaps if valid and different, reports.
     pub(crate) async fn attempt(self: &Arc<Self>, trigger: Trigger) -> Result<Outcome, Arc<Error>> {
         let mut reported = self.attempt.lock().await;
         let me = Arc::clone(self);
-        let loaded = match tokio::task::spawn_blocking(move || me.loader.load()).await {
-            Ok(result) => result,
-            Err(join) => Err(Error::LoadTask { reason: join.to_string() }),
-        };
+        let loaded = crate::load::run(self.load_on, move || me.loader.load()).await;
         match loaded {
             Ok((value, info)) => {
                 reported.last_error = None;
@@ -189,6 +189,7 @@ impl<L: Loader> Engine<L> {
             unchanged: AtomicU64::new(0),
             polling: AtomicBool::new(false),
             expiry_warning: config.expiry_warning,
+            load_on: config.load_on,
             attempt: tokio::sync::Mutex::new(Reported::default()),
             loaded_signature: Mutex::new(Some(loaded_signature)),
         });

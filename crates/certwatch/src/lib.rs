@@ -58,6 +58,9 @@
 //!   implementation (PKCS#8, PKCS#1 and SEC1 keys; any rustls `CryptoProvider`).
 //! - [`SniResolver`] serves several watched certificates by server name (exact and
 //!   `*.example.com`, plus a default).
+//! - [`CertDir`] serves a whole folder of pairs by server name (`NAME.crt` + `NAME.key`, the
+//!   names from each certificate's SANs), adding, replacing and removing pairs as their files
+//!   come and go, with one watch for the folder and a reload of only the pairs that changed.
 //! - [`ClientCaWatcher`] does the same for the CA bundle of an mTLS server: its
 //!   [`ReloadingClientVerifier`] is rebuilt with rustls' `WebPkiClientVerifier` on change.
 //! - [`CertResolver`] also implements `ResolvesClientCert`, for an mTLS *client* whose
@@ -99,9 +102,11 @@
 mod check;
 mod client_ca;
 mod config;
+mod dir;
 mod engine;
 mod error;
 mod event;
+mod load;
 mod sni;
 mod source;
 mod watch;
@@ -110,8 +115,10 @@ mod watcher;
 pub use check::{CertInfo, Checked, Validity, check};
 pub use client_ca::{CaInfo, ClientCaFile, ClientCaWatcher, ReloadingClientVerifier};
 pub use config::{MAX_INTERVAL, WatchConfig, WatchMode};
+pub use dir::{CertDir, CertDirResolver, DirStats, PemDir};
 pub use error::Error;
 pub use event::{Outcome, ReloadEvent, Stats};
+pub use load::{LOAD_NICENESS, LoadOn};
 pub use sni::SniResolver;
 pub use source::{CertSource, DEFAULT_MAX_FILE_SIZE, PemFiles};
 pub use watcher::{CertResolver, CertWatcher, THREAD_CACHE_ENTRIES};

@@ -89,7 +89,7 @@ impl ResolvesServerCert for SniResolver {
 
 /// Lower-cased, without a trailing dot; `None` unless it is a plausible DNS name, optionally
 /// with `*` as its whole first label.
-fn normalize(pattern: &str) -> Option<String> {
+pub(crate) fn normalize(pattern: &str) -> Option<String> {
     let name = pattern.strip_suffix('.').unwrap_or(pattern).to_ascii_lowercase();
     if name.is_empty() || name.len() > 253 {
         return None;

@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Something a certificate and its private key can be loaded from.
 ///
-/// The watcher calls [`load`](CertSource::load) on tokio's blocking pool after a change in the
+/// The watcher calls [`load`](CertSource::load) off the runtime ([`LoadOn`](crate::LoadOn)) after a change in the
 /// directories of [`paths`](CertSource::paths), then validates the result with [`check`]
 /// (non-empty chain, parseable leaf, key matches leaf) before serving it. Implement it for
 /// sources other than PEM files (a PKCS#12 bundle, a secrets manager's local cache).

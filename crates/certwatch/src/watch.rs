@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -64,11 +64,16 @@ pub(crate) async fn run<L: Loader>(shared: Arc<Shared<L>>, config: WatchConfig) 
         let deadline = pending.deadline();
         tokio::select! {
             msg = rx.recv(), if dirs.is_some() => match msg {
-                Some(FsMsg::Changed { removed }) => {
+                Some(FsMsg::Changed) => {
                     if let Some(w) = dirs.as_mut() {
+                        let removed = w.take_removed();
                         w.forget(&removed);
+                        // Events keep coming without waking this task until the reload clears the
+                        // signal; the debounce learns of them from the last event's time.
+                        pending.touch_at(w.last_event().unwrap_or_else(Instant::now));
+                    } else {
+                        pending.touch();
                     }
-                    pending.touch();
                 }
                 Some(FsMsg::Failed(reason)) => {
                     // A backend error (a queue overflow is an event, not this): keep watching,
@@ -91,7 +96,19 @@ pub(crate) async fn run<L: Loader>(shared: Arc<Shared<L>>, config: WatchConfig) 
                 }
             },
             () = sleep_until(deadline), if deadline.is_some() => {
+                // Changes seen since the deadline was set push it further (within the cap).
+                if let Some(last) = dirs.as_ref().and_then(DirWatcher::last_event) {
+                    pending.touch_at(last);
+                }
+                if pending.deadline().is_some_and(|d| d > Instant::now()) {
+                    continue;
+                }
                 pending.clear();
+                // Cleared before the files are read: a change from now on signals again, and one
+                // from before is in what the load reads.
+                if let Some(w) = dirs.as_ref() {
+                    w.rearm();
+                }
                 let _ = shared.attempt(Trigger::Change).await;
                 after_attempt(&shared, &mut dirs, &mut polling);
             }
@@ -167,7 +184,9 @@ impl Debounce {
 
     fn touch_at(&mut self, now: Instant) {
         let first = *self.first.get_or_insert(now);
-        self.deadline = Some((now + self.quiet).min(first + self.quiet * MAX_WAIT_FACTOR));
+        let at = (now + self.quiet).min(first + self.quiet * MAX_WAIT_FACTOR);
+        // A change older than the one that set the deadline never brings it forward.
+        self.deadline = Some(self.deadline.map_or(at, |d| d.max(at)));
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -182,11 +201,34 @@ impl Debounce {
 
 /// What the notification thread tells the task.
 enum FsMsg {
-    /// Something changed in a watched directory; `removed` lists paths that were deleted or
-    /// moved away (a watched directory among them loses its watch).
-    Changed { removed: Vec<PathBuf> },
+    /// Something changed in a watched directory (see [`Signal`] for what, and when last).
+    Changed,
     /// The notification backend reported an error.
     Failed(String),
+}
+
+/// How many removed or renamed paths are remembered between two wake-ups of the task; beyond
+/// that every watch is re-checked (a directory's identity is compared anyway).
+const MAX_REMOVED: usize = 64;
+
+/// What the notification thread leaves for the task between wake-ups.
+///
+/// A writer that rewrites a pair produces a dozen events (create, modify, close, rename — for the
+/// temporary files and the targets), and a busy one thousands a second. Waking the task — which
+/// runs on the application's runtime, beside its TLS handshakes — for each would cost the
+/// handshakes a worker wake-up per event. Instead the first event after a reload sends one
+/// message; later ones only record their time (and removed paths), which the task reads when its
+/// debounce deadline comes: a steady stream of changes wakes the task about once per debounce
+/// period, not once per event.
+#[derive(Default)]
+struct Signal {
+    /// Set by the first event after a reload; cleared by the task just before the next load.
+    sent: AtomicBool,
+    /// When the last relevant event came, in nanoseconds after `base` (0: none yet).
+    last: AtomicU64,
+    /// Paths deleted or moved away since the task last looked (a watched directory among them
+    /// loses its watch); `None` once more than [`MAX_REMOVED`] came.
+    removed: Mutex<Option<Vec<PathBuf>>>,
 }
 
 /// Non-recursive watches on the directories that hold the files and their symlink targets.
@@ -194,26 +236,74 @@ struct DirWatcher {
     inner: notify::RecommendedWatcher,
     /// Watched directory → its (device, inode) when the watch was added.
     watched: HashMap<PathBuf, (u64, u64)>,
+    signal: Arc<Signal>,
+    /// What the event times count from (the std clock: the notification thread is not tokio's).
+    base: std::time::Instant,
 }
 
 impl DirWatcher {
     fn new(tx: mpsc::UnboundedSender<FsMsg>) -> Result<Self, String> {
+        let signal = Arc::new(Signal { removed: Mutex::new(Some(Vec::new())), ..Signal::default() });
+        let base = std::time::Instant::now();
+        let seen = Arc::clone(&signal);
+        let mut first_call = true;
         let handler = move |res: notify::Result<notify::Event>| {
-            let msg = match res {
+            if first_call {
+                // The notification thread is ours alone: its work (reading and decoding events)
+                // yields to the application's threads like a load does.
+                first_call = false;
+                crate::load::lower_own_priority();
+            }
+            let event = match res {
                 Ok(event) if !is_relevant(event.kind) => return,
-                Ok(event) => {
-                    let gone =
-                        matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)));
-                    FsMsg::Changed { removed: if gone { event.paths } else { Vec::new() } }
+                Ok(event) => event,
+                Err(err) => {
+                    // The task is gone when this fails; the watcher is being dropped with it.
+                    let _ = tx.send(FsMsg::Failed(err.to_string()));
+                    return;
                 }
-                Err(err) => FsMsg::Failed(err.to_string()),
             };
-            // The task is gone when this fails; the watcher is being dropped with it.
-            let _ = tx.send(msg);
+            if matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))) {
+                let mut removed = seen.removed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(list) = removed.as_mut() {
+                    list.extend(event.paths);
+                    if list.len() > MAX_REMOVED {
+                        *removed = None;
+                    }
+                }
+            }
+            let nanos = u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
+            seen.last.fetch_max(nanos, Ordering::SeqCst);
+            if !seen.sent.swap(true, Ordering::SeqCst) {
+                let _ = tx.send(FsMsg::Changed);
+            }
         };
         let inner = notify::recommended_watcher(handler)
             .map_err(|e| format!("cannot start file notifications: {e}"))?;
-        Ok(DirWatcher { inner, watched: HashMap::new() })
+        Ok(DirWatcher { inner, watched: HashMap::new(), signal, base })
+    }
+
+    /// When the last relevant event came.
+    fn last_event(&self) -> Option<Instant> {
+        match self.signal.last.load(Ordering::SeqCst) {
+            0 => None,
+            nanos => Some(Instant::from_std(self.base + Duration::from_nanos(nanos))),
+        }
+    }
+
+    /// The next event sends a message again.
+    fn rearm(&self) {
+        self.signal.sent.store(false, Ordering::SeqCst);
+    }
+
+    /// The paths removed since the last call; on overflow, every watched path (each is then
+    /// re-checked and re-added by the next sync).
+    fn take_removed(&mut self) -> Vec<PathBuf> {
+        let mut removed = self.signal.removed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match removed.replace(Vec::new()) {
+            Some(list) => list,
+            None => self.watched.keys().cloned().collect(),
+        }
     }
 
     /// A watched path that was removed or renamed no longer has a (valid) watch.
@@ -272,7 +362,7 @@ impl DirWatcher {
 }
 
 /// Our own reads open and close the files: those events must not trigger reloads.
-fn is_relevant(kind: EventKind) -> bool {
+pub(crate) fn is_relevant(kind: EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,

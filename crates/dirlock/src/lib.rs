@@ -88,10 +88,11 @@ mod lockfile;
 mod options;
 mod primitive;
 mod set;
+mod wake;
 
 pub use error::{Error, Result};
 pub use lock::{Adopted, DirLock};
-pub use options::{DEFAULT_FILE_NAME, LockOptions, MAX_WAIT};
+pub use options::{DEFAULT_FILE_NAME, LockOptions, MAX_WAIT, WaitMode};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use primitive::OfdLock;
 pub use primitive::{Flock, LockPrimitive};

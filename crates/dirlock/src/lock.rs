@@ -9,7 +9,13 @@ use nix::fcntl::{FcntlArg, FdFlag};
 use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::lockfile::{self, Attempt, FileId, Kept};
-use crate::options::LockOptions;
+use crate::options::{LockOptions, WaitMode};
+use crate::wake::Pooled;
+
+/// With [`WaitMode::Notify`], the backoff's delays (up to 16 ms) are multiplied by this to give
+/// the longest sleep between two tries when no event comes (up to about 256 ms): only a release
+/// that makes no inotify event waits that long.
+const NOTIFY_FALLBACK_FACTOR: u32 = 16;
 
 /// How many times in a row the locked file may turn out to have been replaced before giving up
 /// with [`Error::Replaced`]. Each replacement needs a holder to release in the microseconds
@@ -91,6 +97,7 @@ impl DirLock {
         let mut replaced_in_a_row = 0;
         let mut kept: Option<Kept> = None;
         let mut holder_pid = None;
+        let mut waker: Option<Pooled> = None;
         loop {
             let primitive = options.lock_primitive();
             let outcome = match kept.take() {
@@ -136,10 +143,28 @@ impl DirLock {
                     let backoff = backoff.get_or_insert_with(|| {
                         // Try first, and only when contended say so (cargo's flock.rs).
                         tracing::info!(path = %path.display(), holder_pid, "waiting for lock on {}", dir.display());
+                        if options.waiting() == WaitMode::Notify {
+                            waker = Pooled::take();
+                        }
                         Backoff::new()
                     });
+                    // Event-driven: watch the file we keep open; a new watch missed what came
+                    // before it, so the lock is tried once more at once.
+                    if let Some(w) = waker.as_mut()
+                        && let Some(k) = file.as_ref()
+                        && w.arm(k.fd(), &path)
+                    {
+                        kept = file;
+                        continue;
+                    }
+                    let delay = backoff.next_delay();
                     kept = file;
-                    std::thread::sleep(backoff.next_delay().min(remaining));
+                    match waker.as_mut().filter(|w| w.is_armed()) {
+                        // The delays only back the events up (a holder on another machine of a
+                        // network file system makes none): scaled up to a cap of about 256 ms.
+                        Some(w) => w.wait((delay * NOTIFY_FALLBACK_FACTOR).min(remaining)),
+                        None => std::thread::sleep(delay.min(remaining)),
+                    }
                 }
             }
         }

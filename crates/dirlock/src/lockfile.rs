@@ -41,6 +41,11 @@ impl Kept {
     pub(crate) fn holder_pid(&self) -> Option<u32> {
         read_holder_pid(self.fd.as_fd())
     }
+
+    /// The kept file's descriptor (to watch it).
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
 }
 
 /// `dir/name`, after checking `name` is one plain file name (so the lock file really is *in* `dir`).

@@ -28,11 +28,33 @@ pub struct LockOptions {
     file_name: OsString,
     wait: Option<Duration>,
     primitive: Arc<dyn LockPrimitive>,
+    wait_mode: WaitMode,
+}
+
+/// How a waiter learns that the lock may be free ([`LockOptions::wait_mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitMode {
+    /// An inotify watch on the lock file wakes the waiter when the holder unlinks or closes it
+    /// (a release, a crash, a `flock(1)` that ends); between events a waiter sleeps and costs
+    /// nothing. The backoff's delays, scaled up to about 256 ms, only back the events up. Where
+    /// no inotify instance can be had (`fs.inotify.max_user_instances`), it polls as
+    /// [`WaitMode::Poll`] does. The default.
+    #[default]
+    Notify,
+    /// Retries on a backoff: about 1 ms doubling to 16 ms, jittered. For network file systems
+    /// where the holder may be on another machine (its release makes no local inotify event).
+    Poll,
 }
 
 impl Default for LockOptions {
     fn default() -> Self {
-        LockOptions { file_name: DEFAULT_FILE_NAME.into(), wait: None, primitive: Arc::new(Flock) }
+        LockOptions {
+            file_name: DEFAULT_FILE_NAME.into(),
+            wait: None,
+            primitive: Arc::new(Flock),
+            wait_mode: WaitMode::default(),
+        }
     }
 }
 
@@ -52,9 +74,10 @@ impl LockOptions {
 
     /// Wait up to `timeout` for a lock held elsewhere instead of failing at once.
     ///
-    /// The first attempt is immediate; while the lock stays held, attempts are retried with a
-    /// backoff from about 1 ms doubling to a 16 ms cap, each delay jittered by ±25 % so waiters
-    /// do not wake in lockstep. A waiter never spins: between sleeps it keeps the lock file open
+    /// The first attempt is immediate; while the lock stays held, the waiter sleeps until the
+    /// holder lets go ([`WaitMode::Notify`], the default: an inotify watch on the lock file) or
+    /// retries on a backoff from about 1 ms doubling to a 16 ms cap, each delay jittered by ±25 %
+    /// so waiters do not wake in lockstep ([`WaitMode::Poll`]). A waiter never spins: between sleeps it keeps the lock file open
     /// and a retry costs two system calls (the lock, and a check that the file is still at the
     /// path). `waiting for lock on …` is logged once at `info` level. [`Duration::ZERO`] tries
     /// exactly once, like the default. A timeout too long for a deadline to be computed
@@ -76,6 +99,12 @@ impl LockOptions {
         self
     }
 
+    /// How a waiter learns the lock may be free (default [`WaitMode::Notify`]).
+    pub fn wait_mode(mut self, mode: WaitMode) -> Self {
+        self.wait_mode = mode;
+        self
+    }
+
     /// The configured lock file name.
     pub fn name(&self) -> &OsStr {
         &self.file_name
@@ -91,6 +120,11 @@ impl LockOptions {
         // `now + MAX_WAIT` fits in an `Instant` (a monotonic clock counts from boot); should it
         // not, waiting until `now` would be one try, never a panic.
         self.wait.map(|wait| now.checked_add(wait.min(MAX_WAIT)).unwrap_or(now))
+    }
+
+    /// The configured wait mode.
+    pub(crate) fn waiting(&self) -> WaitMode {
+        self.wait_mode
     }
 
     /// The configured locking primitive.

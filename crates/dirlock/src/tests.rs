@@ -14,7 +14,8 @@ use nix::fcntl::{FcntlArg, FdFlag};
 
 use crate::lockfile::{lock_path, parse_pid};
 use crate::{
-    DEFAULT_FILE_NAME, DirLock, Error, Flock, LockOptions, LockPrimitive, LockSet, OfdLock, lock_order,
+    DEFAULT_FILE_NAME, DirLock, Error, Flock, LockOptions, LockPrimitive, LockSet, OfdLock, WaitMode,
+    lock_order,
 };
 
 fn lock_file(dir: &Path) -> std::path::PathBuf {
@@ -553,11 +554,13 @@ fn a_waiter_follows_the_lock_file_when_it_is_replaced_and_names_the_new_holder()
     };
     rx.recv().unwrap();
     // The waiter keeps the first file open. Replace it under both of them with a file held by
-    // a "process" with another pid.
-    fs::remove_file(&path).unwrap();
-    fs::write(&path, "424242\n").unwrap();
-    let second = fs::File::open(&path).unwrap();
+    // a "process" with another pid: locked first, then renamed into place in one step (a waiter
+    // woken by the change must find it held, not a free file being set up).
+    let staged = dir.path().join("staged");
+    fs::write(&staged, "424242\n").unwrap();
+    let second = fs::File::open(&staged).unwrap();
     assert!(Flock.try_lock_exclusive(second.as_fd()).unwrap());
+    fs::rename(&staged, &path).unwrap();
     match waiter.join().unwrap() {
         Err(Error::TimedOut { holder_pid, .. }) => assert_eq!(holder_pid, Some(424_242)),
         other => panic!("expected a time-out naming the new holder, got {other:?}"),
@@ -627,4 +630,72 @@ fn reassert_rewrites_the_pid_and_refuses_a_replaced_file() {
     fs::remove_file(lock_file(dir.path())).unwrap();
     let err = lock.reassert().unwrap_err();
     assert!(matches!(err, Error::NotTheLockFile { .. }), "{err:?}");
+}
+
+/// A waiter of either wait mode and either primitive gets the lock when the holder lets go in
+/// each way a holder can: a release (unlink, then close), and a close without unlink (a crash,
+/// or a lock handed on whose last copy closes).
+#[test]
+fn waiters_of_both_wait_modes_wake_on_a_release_and_on_a_bare_close() {
+    for mode in [WaitMode::Notify, WaitMode::Poll] {
+        for options in both_primitives() {
+            let options = options.wait_mode(mode).lock_timeout(Duration::from_secs(60));
+            for bare_close in [false, true] {
+                let dir = tempfile::tempdir().unwrap();
+                let held = DirLock::acquire_with(dir.path(), &options).unwrap();
+                let (tx, rx) = std::sync::mpsc::channel();
+                let (path, waiting) = (dir.path().to_path_buf(), options.clone());
+                let waiter = std::thread::spawn(move || {
+                    tx.send(()).unwrap();
+                    DirLock::acquire_with(&path, &waiting)
+                });
+                rx.recv().unwrap();
+                // Give the waiter time to find the lock held and go to sleep (not a
+                // synchronisation: it gets the lock whenever it looks).
+                std::thread::sleep(Duration::from_millis(50));
+                if bare_close {
+                    // What a crash leaves: the file stays, the kernel drops the lock on close.
+                    drop(held.export());
+                } else {
+                    held.release().unwrap();
+                }
+                let lock = waiter.join().unwrap().unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+                assert_eq!(fs::read_to_string(lock.path()).unwrap(), format!("{}\n", std::process::id()));
+                lock.release().unwrap();
+            }
+        }
+    }
+}
+
+/// Many waiters, each woken by the same events: every one of them gets the lock in turn, and
+/// never two at once.
+#[test]
+fn a_crowd_of_notified_waiters_takes_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let inside = std::sync::Arc::new(AtomicU32::new(0));
+    let options = LockOptions::new().wait_mode(WaitMode::Notify).lock_timeout(Duration::from_secs(120));
+    let waiters: Vec<_> = (0..12)
+        .map(|_| {
+            let (path, options, inside) = (dir.path().to_path_buf(), options.clone(), inside.clone());
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let lock = DirLock::acquire_with(&path, &options).unwrap();
+                    assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    std::thread::sleep(Duration::from_millis(1));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    lock.release().unwrap();
+                }
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        waiter.join().unwrap();
+    }
+    assert!(!lock_file(dir.path()).exists());
+}
+
+#[test]
+fn the_default_wait_mode_is_notify() {
+    assert_eq!(LockOptions::new().waiting(), WaitMode::Notify);
+    assert_eq!(LockOptions::new().wait_mode(WaitMode::Poll).waiting(), WaitMode::Poll);
 }

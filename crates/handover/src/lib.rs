@@ -139,7 +139,7 @@ pub use error::{Error, ExitReason};
 pub use fds::Origin;
 pub use handover::{Handover, Start};
 pub use lifecycle::LifecycleHandler;
-pub use sealed::SealedState;
+pub use sealed::{MappedState, SealedState};
 pub use state::{
     DEFAULT_STATE_LIMIT, HEADER_LEN, STATE_MAGIC, StateFrame, StateReader, StateWriter, encode_frame,
     parse_header, read_frame,

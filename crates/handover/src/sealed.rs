@@ -77,8 +77,249 @@ impl SealedState {
     }
 }
 
+impl SealedState {
+    /// Builds a frame of `len` payload bytes tagged with `version` in a new sealed memfd, the
+    /// payload written in place by `fill` (no intermediate buffer: a state built straight into
+    /// the memfd is copied once, by `fill`). The payload is the application's own bytes, read
+    /// back with [`MappedState::payload`] (not postcard: [`MappedState::decode`] is for frames
+    /// made by [`SealedState::create`]).
+    ///
+    /// ```
+    /// use handover::SealedState;
+    /// let fd = SealedState::build("cache", 1, 4096, |buf| buf.fill(7)).unwrap();
+    /// let state = SealedState::map(&fd, 1 << 20).unwrap();
+    /// assert_eq!((state.version(), state.payload().len()), (1, 4096));
+    /// assert!(state.payload().iter().all(|b| *b == 7));
+    /// ```
+    pub fn build(
+        name: &str,
+        version: u32,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<OwnedFd, Error> {
+        let announced = u32::try_from(len)
+            .map_err(|_| Error::StateTooLarge { len: len as u64, limit: u32::MAX as usize })?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(|e| Error::Io { op: "create a memfd for the state", source: e.into() })?;
+        let memfd = std::fs::File::from(fd);
+        let total = HEADER_LEN + len;
+        memfd.set_len(total as u64).map_err(Error::io("size the state memfd"))?;
+        {
+            let mut map =
+                Mapping::new(memfd.as_fd(), total, true).map_err(Error::io("map the state memfd"))?;
+            let bytes = map.bytes_mut();
+            bytes[..4].copy_from_slice(&crate::state::STATE_MAGIC);
+            bytes[4..8].copy_from_slice(&version.to_le_bytes());
+            bytes[8..12].copy_from_slice(&announced.to_le_bytes());
+            fill(&mut bytes[HEADER_LEN..]);
+            // Unmapped here: F_SEAL_WRITE is refused while a writable shared mapping exists.
+        }
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(required_seals() | SealFlag::F_SEAL_SEAL))
+            .map_err(|e| Error::Io { op: "seal the state memfd", source: e.into() })?;
+        Ok(memfd.into())
+    }
+
+    /// Maps the state frame in `fd` — a sealed memfd, as for [`SealedState::read`] — read-only,
+    /// without copying it: passing a state this way costs the same whatever its size (the pages
+    /// are the predecessor's, shared), and only the pages the application touches are read.
+    /// The magic, the version's presence, the size limit and the length are checked first.
+    pub fn map(fd: &impl AsFd, limit: usize) -> Result<MappedState, Error> {
+        let corrupt = |reason: String| Error::StateCorrupt { reason };
+        let seals = fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS)
+            .map_err(|e| corrupt(format!("not a sealed memfd ({e})")))?;
+        if !SealFlag::from_bits_truncate(seals).contains(required_seals()) {
+            return Err(corrupt("the memfd is not sealed against writes".to_owned()));
+        }
+        let size = nix::sys::stat::fstat(fd.as_fd())
+            .map_err(|e| Error::StateRead { source: e.into() })?
+            .st_size as u64;
+        if size < HEADER_LEN as u64 {
+            return Err(corrupt(format!("{size} bytes: no complete header")));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        let n = nix::sys::uio::pread(fd.as_fd(), &mut header, 0)
+            .map_err(|e| Error::StateRead { source: e.into() })?;
+        if n != HEADER_LEN {
+            return Err(corrupt(format!("{n} bytes: no complete header")));
+        }
+        let (version, len) = parse_header(&header, limit)?;
+        if size != (HEADER_LEN + len) as u64 {
+            return Err(corrupt(format!("{size} bytes for a frame of {}", HEADER_LEN + len)));
+        }
+        let map = Mapping::new(fd.as_fd(), HEADER_LEN + len, false)
+            .map_err(|source| Error::StateRead { source })?;
+        Ok(MappedState { version, map })
+    }
+}
+
+/// A state frame mapped from a sealed memfd ([`SealedState::map`]): its payload is read in place.
+#[derive(Debug)]
+pub struct MappedState {
+    version: u32,
+    map: Mapping,
+}
+
+impl MappedState {
+    /// The version tag the old process wrote.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The payload, in place (the memfd is sealed: these bytes cannot change).
+    pub fn payload(&self) -> &[u8] {
+        &self.map.bytes()[HEADER_LEN..]
+    }
+
+    /// Decodes the payload of a frame made by [`SealedState::create`] as `T` (which may borrow
+    /// from the mapping: `&[u8]`, `&str` fields are not copied) if the version is `expected`.
+    pub fn decode<'a, T: serde::Deserialize<'a>>(&'a self, expected: u32) -> Result<T, Error> {
+        if self.version != expected {
+            return Err(Error::StateVersion { found: self.version, expected });
+        }
+        let (value, rest) = postcard::take_from_bytes::<T>(self.payload())
+            .map_err(|e| Error::StateCorrupt { reason: format!("cannot decode version {expected}: {e}") })?;
+        if !rest.is_empty() {
+            return Err(Error::StateCorrupt {
+                reason: format!("{} trailing bytes after the payload", rest.len()),
+            });
+        }
+        Ok(value)
+    }
+}
+
+/// A shared mapping of the first `len` bytes of a file, unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; nothing in it is tied to a thread.
+unsafe impl Send for Mapping {}
+// SAFETY: shared access only reads (`bytes`); `bytes_mut` needs `&mut self`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: std::os::fd::BorrowedFd<'_>, len: usize, writable: bool) -> std::io::Result<Mapping> {
+        use std::os::fd::AsRawFd as _;
+        if len == 0 {
+            return Ok(Mapping { ptr: std::ptr::NonNull::dangling().as_ptr(), len: 0 });
+        }
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a new mapping of `len` bytes of an open file at offset 0, placed by the kernel;
+        // the result is checked before use.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Mapping { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives. A read-only mapping
+        // is only ever made of a memfd sealed against writes, growing and shrinking
+        // (`SealedState::map` checks), so the bytes cannot change under the reference and no page
+        // can vanish (no SIGBUS).
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            return &mut [];
+        }
+        // SAFETY: a writable mapping of a memfd only this process can reach yet (`build`, before
+        // the fd is returned); `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.len != 0 {
+            // SAFETY: unmaps exactly the mapping this value made; no reference into it outlives
+            // `self` (they borrow from it).
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_state_is_read_in_place_and_refused_like_a_read_one() {
+        let fd = SealedState::create("t", 4, &(7u64, "seven"), 1024).unwrap();
+        let mapped = SealedState::map(&fd, 1024).unwrap();
+        let (n, s): (u64, &str) = mapped.decode(4).unwrap();
+        assert_eq!((n, s), (7, "seven"));
+        assert!(matches!(
+            mapped.decode::<(u64, &str)>(5),
+            Err(Error::StateVersion { found: 4, expected: 5 })
+        ));
+        // Over the limit, unsealed, torn: the same refusals as `read`.
+        assert!(matches!(SealedState::map(&fd, 4), Err(Error::StateTooLarge { .. })));
+        let file = tempfile::tempfile().unwrap();
+        assert!(SealedState::map(&file, 1024).unwrap_err().to_string().contains("not a sealed memfd"));
+        let empty = SealedState::build("empty", 2, 0, |_| {}).unwrap();
+        let mapped = SealedState::map(&empty, 1024).unwrap();
+        assert_eq!((mapped.version(), mapped.payload()), (2, &[][..]));
+    }
+
+    #[test]
+    fn a_built_state_cannot_be_changed_once_passed() {
+        let fd = SealedState::build("big", 9, 1 << 20, |buf| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = i as u8;
+            }
+        })
+        .unwrap();
+        let mut file = std::fs::File::from(fd.try_clone().unwrap());
+        assert!(file.write_all(b"x").is_err(), "a sealed memfd accepted a write");
+        assert!(file.set_len(0).is_err(), "a sealed memfd was truncated");
+        let mapped = SealedState::map(&fd, 2 << 20).unwrap();
+        assert!(mapped.payload().iter().enumerate().all(|(i, b)| *b == i as u8));
+        // The same frame read by copy.
+        assert_eq!(SealedState::read(&fd, 2 << 20).unwrap().payload, mapped.payload());
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes a sealed memfd holds, mapping it gives a typed error or exactly the
+        /// frame those bytes are.
+        #[test]
+        fn any_sealed_bytes_map_to_a_typed_error_or_their_frame(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            valid_header in proptest::prelude::any::<bool>(),
+        ) {
+            let raw = memfd_create("p", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).unwrap();
+            let mut file = std::fs::File::from(raw);
+            let mut content = Vec::new();
+            if valid_header {
+                content.extend_from_slice(&crate::state::STATE_MAGIC);
+                content.extend_from_slice(&1u32.to_le_bytes());
+                content.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            }
+            content.extend_from_slice(&bytes);
+            file.write_all(&content).unwrap();
+            fcntl(&file, FcntlArg::F_ADD_SEALS(required_seals())).unwrap();
+            match SealedState::map(&file, 32) {
+                Ok(mapped) => {
+                    proptest::prop_assert!(content.len() >= HEADER_LEN);
+                    proptest::prop_assert_eq!(mapped.payload(), &content[HEADER_LEN..]);
+                    proptest::prop_assert!(mapped.payload().len() <= 32);
+                }
+                Err(Error::StateCorrupt { .. } | Error::StateTooLarge { .. }) => {}
+                Err(other) => proptest::prop_assert!(false, "unexpected error {other}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod read_tests {
     use super::*;
 
     #[test]

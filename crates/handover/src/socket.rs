@@ -232,6 +232,7 @@ impl Upgrader {
         deadline: Instant,
         lifecycle: &mut dyn crate::lifecycle::DynLifecycle,
     ) -> Result<u32, Error> {
+        let extra = lifecycle.upgrade_fds().await.map_err(|source| Error::SendState { source })?;
         let (names, fds) = {
             let registry = self.shared.registry();
             let mut names = Vec::new();
@@ -241,6 +242,15 @@ impl Upgrader {
                 fds.push(
                     fd.try_clone_to_owned().map_err(Error::io("duplicate a registered file descriptor"))?,
                 );
+            }
+            // This upgrade's own fds (see `LifecycleHandler::upgrade_fds`), after the registered.
+            for (name, fd) in extra {
+                crate::env::validate_name(&name)?;
+                if names.contains(&name) {
+                    return Err(Error::DuplicateName { name });
+                }
+                names.push(name);
+                fds.push(fd);
             }
             (names, fds)
         };

@@ -38,7 +38,16 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     let (ready_rx, ready_tx) = pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Error::Io { op: "create the readiness pipe", source: e.into() })?;
     let deadline = crate::config::deadline_after(Instant::now(), shared.config.ready_timeout);
-    let mut child = spawn(shared, &state_rx, &ready_tx)?;
+    let extra = lifecycle.upgrade_fds().await.map_err(|source| Error::SendState { source })?;
+    for (name, _) in &extra {
+        crate::env::validate_name(name)?;
+        if shared.registry().contains(name) || extra.iter().filter(|(n, _)| n == name).count() > 1 {
+            return Err(Error::DuplicateName { name: name.clone() });
+        }
+    }
+    let mut child = spawn(shared, &state_rx, &ready_tx, &extra)?;
+    // This upgrade's own fds are the child's now (or nobody's, if it failed).
+    drop(extra);
     // The child's ends, closed here so that the child's exit is seen as EOF.
     drop((state_rx, ready_tx));
     let pid = child.id().unwrap_or_default();
@@ -77,15 +86,25 @@ pub(crate) async fn spawn_successor(shared: &Shared, lifecycle: &mut dyn DynLife
     outcome
 }
 
-fn spawn(shared: &Shared, state_rx: &OwnedFd, ready_tx: &OwnedFd) -> Result<Child, Error> {
+fn spawn(
+    shared: &Shared,
+    state_rx: &OwnedFd,
+    ready_tx: &OwnedFd,
+    extra: &[(String, OwnedFd)],
+) -> Result<Child, Error> {
     let registry = shared.registry();
-    let mut keep: Vec<RawFd> = registry.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let named: Vec<(&str, RawFd)> = registry
+        .iter()
+        .map(|(n, fd)| (n, fd.as_raw_fd()))
+        .chain(extra.iter().map(|(n, fd)| (n.as_str(), fd.as_raw_fd())))
+        .collect();
+    let mut keep: Vec<RawFd> = named.iter().map(|(_, fd)| *fd).collect();
     keep.push(state_rx.as_raw_fd());
     keep.push(ready_tx.as_raw_fd());
 
     let mut cmd = Command::new(&shared.executable);
     cmd.args(&shared.args)
-        .env(LIFELINE_FDS, format_fds(registry.iter().map(|(n, fd)| (n, fd.as_raw_fd()))))
+        .env(LIFELINE_FDS, format_fds(named.iter().copied()))
         .env(LIFELINE_STATE_FD, state_rx.as_raw_fd().to_string())
         .env(LIFELINE_READY_FD, ready_tx.as_raw_fd().to_string())
         .env(LIFELINE_PARENT_PID, std::process::id().to_string())

@@ -32,6 +32,12 @@ impl StateFrame {
     /// A reader that understands several versions matches on [`StateFrame::version`] first and
     /// calls this with the version it found.
     pub fn decode<T: DeserializeOwned>(&self, expected: u32) -> Result<T, Error> {
+        self.decode_borrowed(expected)
+    }
+
+    /// [`StateFrame::decode`] for a `T` that borrows from the payload (`&[u8]`, `&str` fields):
+    /// a large blob in the state is then not copied out of the buffer it was read into.
+    pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(&'a self, expected: u32) -> Result<T, Error> {
         if self.version != expected {
             return Err(Error::StateVersion { found: self.version, expected });
         }
@@ -58,17 +64,35 @@ impl StateFrame {
 /// # });
 /// ```
 pub fn encode_frame<T: Serialize + ?Sized>(version: u32, value: &T, limit: usize) -> Result<Vec<u8>, Error> {
-    let payload = postcard::to_stdvec(value)
-        .map_err(|e| Error::StateCorrupt { reason: format!("cannot encode: {e}") })?;
-    if payload.len() > limit || u32::try_from(payload.len()).is_err() {
-        return Err(Error::StateTooLarge { len: payload.len() as u64, limit });
+    let encode_err = |e: postcard::Error| Error::StateCorrupt { reason: format!("cannot encode: {e}") };
+    // Sized first (no memory traffic), then encoded once into a buffer of exactly that size: a
+    // large state is copied once, not once per doubling of a growing buffer.
+    let len = postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        value,
+        postcard::ser_flavors::Size::default(),
+    )
+    .map_err(encode_err)?;
+    let header = header(version, len, limit)?;
+    let mut frame = Vec::with_capacity(HEADER_LEN + len);
+    frame.extend_from_slice(&header);
+    let frame = postcard::to_io(value, frame).map_err(encode_err)?;
+    if frame.len() != HEADER_LEN + len {
+        return Err(Error::StateCorrupt {
+            reason: format!("encoded {} bytes, sized {len}", frame.len() - HEADER_LEN),
+        });
     }
-    let mut frame = Vec::with_capacity(HEADER_LEN + payload.len());
-    frame.extend_from_slice(&STATE_MAGIC);
-    frame.extend_from_slice(&version.to_le_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&payload);
     Ok(frame)
+}
+
+/// The header of a frame of `len` payload bytes, if `len` is within `limit` (and a `u32`).
+fn header(version: u32, len: usize, limit: usize) -> Result<[u8; HEADER_LEN], Error> {
+    let announced = u32::try_from(len).ok().filter(|_| len <= limit);
+    let Some(announced) = announced else { return Err(Error::StateTooLarge { len: len as u64, limit }) };
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(&STATE_MAGIC);
+    header[4..8].copy_from_slice(&version.to_le_bytes());
+    header[8..].copy_from_slice(&announced.to_le_bytes());
+    Ok(header)
 }
 
 /// Checks a frame header; returns the version and the payload length (at most `limit`).
@@ -141,6 +165,18 @@ impl StateWriter {
         let frame = encode_frame(version, value, self.limit)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.inner.write_all(&frame).await?;
+        self.inner.flush().await
+    }
+
+    /// Writes `payload` as the payload of a frame tagged with `version`, as it is (no postcard
+    /// encoding, no copy: the header, then the bytes); the new process reads it with
+    /// [`StateReader::recv_frame`] and finds it in [`StateFrame::payload`]. For a large state
+    /// that is already bytes — through the pipe, the same bytes as a bare pipe carries.
+    pub async fn send_raw(&mut self, version: u32, payload: &[u8]) -> io::Result<()> {
+        let header = header(version, payload.len(), self.limit)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        self.inner.write_all(&header).await?;
+        self.inner.write_all(payload).await?;
         self.inner.flush().await
     }
 }

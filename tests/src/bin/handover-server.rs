@@ -11,6 +11,10 @@
 //! `crash` (abort at once), `exit-after-state` (exit 1 after reading the state), `hang` (never
 //! ready; starts a grandchild; writes `child=<pid> grandchild=<pid>` to `FILE.pids`),
 //! `reject-version` (expects state version 2; exits 3).
+//!
+//! `--sealed-state BYTES` passes, with each upgrade, a state of BYTES bytes as a sealed memfd
+//! (`LifecycleHandler::upgrade_fds`); the successor maps it and prints
+//! `sealed-state bytes=<n> version=<v> intact|corrupt` before its ready line.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -49,6 +53,7 @@ struct Args {
     ready_timeout: Option<Duration>,
     drain: Duration,
     fd_store: bool,
+    sealed_state: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -67,6 +72,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--ready-timeout-ms" => args.ready_timeout = Some(Duration::from_millis(value()?.parse()?)),
             "--drain-ms" => args.drain = Duration::from_millis(value()?.parse()?),
             "--fd-store" => args.fd_store = true,
+            "--sealed-state" => args.sealed_state = Some(value()?.parse()?),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -84,12 +90,30 @@ fn mode(args: &Args) -> String {
 struct Lifecycle {
     served: Arc<AtomicU64>,
     generation: u64,
+    sealed_state: Option<usize>,
+}
+
+/// The byte at `i` of the sealed state generation `generation` passes on.
+fn sealed_byte(i: usize, generation: u64) -> u8 {
+    (i as u64).wrapping_mul(31).wrapping_add(generation) as u8
 }
 
 impl LifecycleHandler for Lifecycle {
     async fn send_state(&mut self, writer: &mut StateWriter) -> std::io::Result<()> {
         let state = State { served: self.served.load(Ordering::SeqCst), generation: self.generation };
         writer.send(STATE_VERSION, &state).await
+    }
+
+    async fn upgrade_fds(&mut self) -> std::io::Result<Vec<(String, OwnedFd)>> {
+        let Some(len) = self.sealed_state else { return Ok(Vec::new()) };
+        let generation = self.generation;
+        let fd = handover::SealedState::build("sealed-state", STATE_VERSION, len, |buf| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = sealed_byte(i, generation);
+            }
+        })
+        .map_err(std::io::Error::other)?;
+        Ok(vec![("sealed-state".to_owned(), fd)])
     }
 }
 
@@ -146,6 +170,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         _ => handover.read_state::<State>(STATE_VERSION).await?,
     };
+    // A state passed as a sealed memfd of this upgrade: mapped, not read.
+    if let Some(fd) = handover.take_fd("sealed-state") {
+        let mapped = handover::SealedState::map(&fd, 1 << 30)?;
+        let from = state.as_ref().map_or(0, |s| s.generation);
+        let intact = mapped.payload().iter().enumerate().all(|(i, b)| *b == sealed_byte(i, from));
+        println!(
+            "sealed-state bytes={} version={} {}",
+            mapped.payload().len(),
+            mapped.version(),
+            if intact { "intact" } else { "corrupt" }
+        );
+    }
     match mode.as_str() {
         "exit-after-state" => return Ok(ExitCode::from(1)),
         "hang" => hang(&args)?,
@@ -164,7 +200,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             handover.register_dup(name, &fd)?;
         }
     }
-    let upgrader = handover.ready(Lifecycle { served: served.clone(), generation }).await?;
+    let upgrader = handover
+        .ready(Lifecycle { served: served.clone(), generation, sealed_state: args.sealed_state })
+        .await?;
 
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;

@@ -150,3 +150,41 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The frame `encode_frame` builds (sized first, encoded once) is byte for byte the header
+    /// followed by postcard's own encoding.
+    #[test]
+    fn a_frame_is_the_header_and_postcards_encoding(version in any::<u32>(), state in app_state()) {
+        let frame = encode_frame(version, &state, 1 << 20).unwrap();
+        let payload = postcard::to_stdvec(&state).unwrap();
+        prop_assert_eq!(&frame[HEADER_LEN..], &payload[..]);
+        prop_assert_eq!(parse_header(frame[..HEADER_LEN].try_into().unwrap(), 1 << 20).unwrap(), (version, payload.len()));
+    }
+
+    /// Whatever bytes `send_raw` writes, the reader gets exactly them as the payload; over the
+    /// limit it writes nothing.
+    #[test]
+    fn raw_payloads_round_trip_and_oversized_ones_are_refused(
+        version in any::<u32>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..200),
+        limit in 0usize..256,
+    ) {
+        let (writer, reader) = tokio::io::duplex(1 << 16);
+        let bytes = payload.clone();
+        // The writer is dropped with the future: the end of the stream.
+        let sent = block_on(async move {
+            let mut state = StateWriter::new(writer, limit);
+            state.send_raw(version, &bytes).await
+        });
+        let mut reader = StateReader::new(reader, limit);
+        if payload.len() <= limit {
+            prop_assert!(sent.is_ok());
+            let frame = block_on(reader.recv_frame()).unwrap().unwrap();
+            prop_assert_eq!(frame, StateFrame { version, payload });
+        } else {
+            prop_assert!(sent.is_err());
+            prop_assert!(block_on(reader.recv_frame()).unwrap().is_none());
+        }
+    }
+}
