@@ -15,12 +15,13 @@ use tokio::task::JoinHandle;
 
 use crate::Error;
 use crate::config::{Command, Config, Lifetime, Readiness};
-use crate::event::{Event, EventKind, Events};
+use crate::event::{Event, EventKind, Events, RetiredStop};
 use crate::exit::{Exit, ExitCause, ExitStatus};
 use crate::group;
 use crate::notify::{Message, Notification, NotifySocket, Watchdog};
 use crate::pidfile::PidFile;
 use crate::policy::{Backoff, Decision, RestartPolicy, humanize};
+use crate::probe::{ProbeRole, run as probes};
 use crate::signal::Signal;
 use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, unix_ms};
 use crate::spawn::{SpawnOptions, spawn};
@@ -218,6 +219,7 @@ pub enum State {
 
 /// A point-in-time view of the service, for status output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Status {
     /// The current main pid (`None` while waiting to restart, or after finishing).
     pub pid: Option<u32>,
@@ -233,12 +235,96 @@ pub struct Status {
     pub main_pid_changes: u32,
     /// The status of the last exit, if any.
     pub last_exit: Option<ExitStatus>,
+    /// Since when the current main process has been supervised (its start, adoption, or
+    /// becoming the main process); `None` while nothing runs.
+    pub since: Option<SystemTime>,
+    /// When the next start is due, while waiting out a restart delay ([`State::BackingOff`]);
+    /// `None` for a delay too long to name (for ever, until a stop).
+    pub backoff_until: Option<SystemTime>,
+    /// Previous main processes still running (draining after a handover), oldest first.
+    pub retired: Vec<u32>,
+    /// How many times a retired process took the service back ([`EventKind::RolledBack`]).
+    pub rollbacks: u32,
 }
 
 enum Request {
-    Stop,
+    /// Stop, with this signal instead of the configured one.
+    Stop(Option<Signal>),
     Detach(oneshot::Sender<Result<(), Error>>),
     Signal(Signal, oneshot::Sender<Result<(), Error>>),
+    Restart(RestartMethod, Duration, oneshot::Sender<Result<u32, Error>>),
+}
+
+/// How [`Supervised::restart`] restarts the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartMethod {
+    /// Stop the main process (the stop signal to it, its group, its session and its
+    /// descendants; `SIGKILL` after the grace period) and start the command again at once: no
+    /// backoff, not a failure for the restart policy. What systemd's `systemctl restart` does.
+    StopStart,
+    /// Send this signal to the main process and wait for its zero-downtime handover: a
+    /// `MAINPID=` naming a successor, which must then be ready. The main process sending
+    /// `READY=1` again without naming a successor (a failed handover: `RELOADING=1` … `READY=1`)
+    /// fails the restart, and so does its exit. For services that restart themselves on a
+    /// signal, as `lifeline::service` does on SIGHUP (needs [`Config::notify`]).
+    Handover(Signal),
+}
+
+/// A cloneable remote control of a running supervisor ([`Supervised::controller`]): status,
+/// restarts and signals from other tasks (a control socket's), while the [`Supervised`] handle
+/// stays with whoever decides about stopping.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// Weak: the task sees every [`Supervised`] handle dropped even while controllers remain.
+    requests: mpsc::WeakSender<Request>,
+    status: watch::Receiver<Status>,
+}
+
+impl Controller {
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// [`Supervised::restart`].
+    pub async fn restart(&self, method: RestartMethod, timeout: Duration) -> Result<u32, Error> {
+        let (tx, rx) = oneshot::channel();
+        let requests = self.requests.upgrade().ok_or(Error::Finished)?;
+        requests.send(Request::Restart(method, timeout, tx)).await.map_err(|_| Error::Finished)?;
+        drop(requests);
+        rx.await.map_err(|_| Error::Finished)?
+    }
+
+    /// [`Supervised::signal`].
+    pub async fn signal(&self, signal: Signal) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let requests = self.requests.upgrade().ok_or(Error::Finished)?;
+        requests.send(Request::Signal(signal, tx)).await.map_err(|_| Error::Finished)?;
+        drop(requests);
+        rx.await.map_err(|_| Error::Finished)?
+    }
+}
+
+/// Watches a supervisor's [`Status`] change ([`Supervised::status_watch`]).
+#[derive(Debug, Clone)]
+pub struct StatusWatch {
+    rx: watch::Receiver<Status>,
+}
+
+impl StatusWatch {
+    /// Waits until the status changes and returns the new one; `None` once the supervisor has
+    /// finished (the last status stays readable through [`current`](StatusWatch::current)).
+    /// Cancel-safe.
+    pub async fn changed(&mut self) -> Option<Status> {
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// The current status.
+    pub fn current(&self) -> Status {
+        self.rx.borrow().clone()
+    }
 }
 
 /// A running supervisor: its events, status and controls.
@@ -267,6 +353,30 @@ impl Supervised {
     /// The current status.
     pub fn status(&self) -> Status {
         self.status.borrow().clone()
+    }
+
+    /// A cloneable remote control (status, restart, signal) for other tasks. It does not keep
+    /// the supervisor alive: once every [`Supervised`] handle is gone, the service is abandoned
+    /// as usual and the controller's calls fail with [`Error::Finished`].
+    pub fn controller(&self) -> Controller {
+        Controller { requests: self.requests.downgrade(), status: self.status.clone() }
+    }
+
+    /// A watch on the status: wakes up whenever it changes (a start, readiness, a handover, an
+    /// exit, a backoff…).
+    pub fn status_watch(&self) -> StatusWatch {
+        StatusWatch { rx: self.status.clone() }
+    }
+
+    /// Restarts the service now, as `method` says, and returns the new main pid once it is
+    /// ready; fails ([`Error::RestartFailed`]) if it is not ready within `timeout` (the service
+    /// keeps being supervised: a process that is late is not stopped for it), if the handover
+    /// fails, or while nothing runs ([`Error::NothingRunning`]). One restart at a time: a second
+    /// one while the first is under way is refused.
+    pub async fn restart(&self, method: RestartMethod, timeout: Duration) -> Result<u32, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Restart(method, timeout, tx)).await.map_err(|_| Error::Finished)?;
+        rx.await.map_err(|_| Error::Finished)?
     }
 
     /// The current main pid (`None` while waiting to restart or after finishing).
@@ -301,9 +411,19 @@ impl Supervised {
     /// It returns once none of them is left ([`StopOutcome::Exited`] or
     /// [`StopOutcome::Killed`]), or once some have survived `SIGKILL` for 10 s
     /// ([`StopOutcome::Stuck`]).
-    pub async fn stop(mut self) -> Result<StopOutcome, Error> {
+    pub async fn stop(self) -> Result<StopOutcome, Error> {
+        self.stop_inner(None).await
+    }
+
+    /// [`stop`](Supervised::stop) with `signal` instead of [`Config::stop_signal`] (a container
+    /// init forwards the signal it got: `SIGINT` stays `SIGINT`).
+    pub async fn stop_with(self, signal: Signal) -> Result<StopOutcome, Error> {
+        self.stop_inner(Some(signal)).await
+    }
+
+    async fn stop_inner(mut self, signal: Option<Signal>) -> Result<StopOutcome, Error> {
         // If the task has already finished, the send fails and `wait` reports why.
-        let _ = self.requests.send(Request::Stop).await;
+        let _ = self.requests.send(Request::Stop(signal)).await;
         Ok(match self.wait().await {
             Finished::Stopped(outcome) => outcome,
             _ => StopOutcome::NotRunning,
@@ -341,6 +461,18 @@ struct Proc {
     since: Instant,
     since_wall: SystemTime,
     ready_at: Option<Instant>,
+    /// When it stopped being the main process (a `MAINPID=` handover); `None` while it is.
+    retired_at: Option<Instant>,
+    /// A retired process being stopped (drain deadline, cap): when `SIGKILL` is due, and whether
+    /// its process group is signalled too. `kill_at` is `None` once `SIGKILL` was sent.
+    ending: Option<Ending>,
+}
+
+/// A retired process on its way out.
+#[derive(Debug, Clone, Copy)]
+struct Ending {
+    kill_at: Option<Instant>,
+    whole_group: bool,
 }
 
 impl Proc {
@@ -379,6 +511,8 @@ impl Proc {
             since,
             since_wall: SystemTime::now(),
             ready_at: None,
+            retired_at: None,
+            ending: None,
         };
         Ok((proc, stat))
     }
@@ -392,12 +526,41 @@ impl Proc {
     }
 }
 
+/// A restart asked for through [`Supervised::restart`], until its new main process is ready.
+struct PendingRestart {
+    reply: oneshot::Sender<Result<u32, Error>>,
+    /// When to give up waiting (`None`: a timeout too long for the clock).
+    deadline: Option<Instant>,
+    /// The main pid when it began: a handover must name another one.
+    from: Option<i32>,
+    /// The main process said `RELOADING=1` since.
+    reloading: bool,
+    /// Why it failed, once it is known.
+    failed: Option<String>,
+}
+
 /// What ended a stretch of supervising the main process.
 enum Outcome {
-    Exited { pid: i32, pgid: i32, exit: Exit },
-    Stop,
+    Exited {
+        pid: i32,
+        pgid: i32,
+        exit: Exit,
+    },
+    /// Stop the main process and start the command again at once.
+    Restart,
+    Stop(Option<Signal>),
     Detach(oneshot::Sender<Result<(), Error>>),
     Abandoned,
+}
+
+/// How a restart delay ended.
+enum BackoffEnd {
+    /// Time to start again.
+    Elapsed,
+    /// A stop, or every handle dropped.
+    Finished(Finished),
+    /// A retired process took the service back (it is the main process now).
+    RolledBack,
 }
 
 /// What woke the supervisor up.
@@ -405,11 +568,14 @@ enum Wake {
     Notify(io::Result<Message>),
     MainExited,
     RetiredExited(usize),
+    RetiredDeadline,
     Child,
     Request(Option<Request>),
     Watchdog,
     StartTimeout,
     RetryFiles,
+    RestartDeadline,
+    Probe(probes::Report),
 }
 
 struct Task {
@@ -447,7 +613,54 @@ struct Task {
     retry_files: Option<(Instant, Duration)>,
     starts: u32,
     main_pid_changes: u32,
+    rollbacks: u32,
     last_exit: Option<ExitStatus>,
+    /// While backing off: when the next start is due.
+    backoff_until: Option<SystemTime>,
+    /// A restart on request, until it is answered.
+    pending_restart: Option<PendingRestart>,
+    /// The probes of the current main process.
+    probes: ProbeRound,
+}
+
+/// The probes of one main process: their tasks, their counts, what they decided.
+struct ProbeRound {
+    /// Bumped for each main process: reports of an earlier one are dropped.
+    round: u64,
+    tasks: Vec<JoinHandle<()>>,
+    reports_tx: mpsc::UnboundedSender<probes::Report>,
+    reports: mpsc::UnboundedReceiver<probes::Report>,
+    children: std::sync::Arc<probes::Children>,
+    /// Consecutive failures by role (startup, readiness, liveness).
+    failures: [u32; 3],
+    /// The startup probe passed (or there is none, or this process needs none).
+    started: bool,
+    /// What the readiness probe says: `None` before its first check.
+    ready: Option<bool>,
+}
+
+impl ProbeRound {
+    fn new() -> ProbeRound {
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        ProbeRound {
+            round: 0,
+            tasks: Vec::new(),
+            reports_tx,
+            reports,
+            children: std::sync::Arc::default(),
+            failures: [0; 3],
+            started: true,
+            ready: None,
+        }
+    }
+}
+
+fn role_index(role: ProbeRole) -> usize {
+    match role {
+        ProbeRole::Startup => 0,
+        ProbeRole::Readiness => 1,
+        _ => 2,
+    }
 }
 
 impl Task {
@@ -468,6 +681,7 @@ impl Task {
         {
             return Err(Error::StartTimeoutWithoutReadiness);
         }
+        check_probes(&config)?;
         if config.subreaper {
             sys::set_child_subreaper().map_err(|source| Error::Subreaper { source })?;
         }
@@ -504,6 +718,10 @@ impl Task {
             starts: 0,
             main_pid_changes: 0,
             last_exit: None,
+            since: None,
+            backoff_until: None,
+            retired: Vec::new(),
+            rollbacks: 0,
         });
         Ok(Task {
             command,
@@ -535,7 +753,11 @@ impl Task {
             retry_files: None,
             starts: 0,
             main_pid_changes: 0,
+            rollbacks: 0,
             last_exit: None,
+            backoff_until: None,
+            pending_restart: None,
+            probes: ProbeRound::new(),
         })
     }
 
@@ -572,7 +794,8 @@ impl Task {
         // Our child cannot be reaped by anyone else, so even if it already exited its pid is still
         // its own (a zombie) and the pidfd reports the exit at once.
         let mut proc = Proc::open(pid as i32, started, true)?;
-        if self.ready_at_start() {
+        // A startup probe decides when it has started.
+        if self.ready_at_start() && !self.has_probe(ProbeRole::Startup) {
             proc.ready_at = Some(proc.since);
         }
         self.starts += 1;
@@ -602,10 +825,147 @@ impl Task {
         self.watchdog_deadline =
             self.watchdog_interval.and_then(|interval| Instant::now().checked_add(interval));
         self.start_deadline = None;
+        // A process that is not ready yet is probed for its start; one that is (adopted ready,
+        // followed from a ready predecessor) only for readiness and liveness.
+        let needs_start = proc.ready_at.is_none();
         self.main = Some(proc);
+        self.start_probes(needs_start);
         let written = self.write_files(true);
         self.publish(State::Running);
         written
+    }
+
+    // ---- probes -----------------------------------------------------------------------------
+
+    fn has_probe(&self, role: ProbeRole) -> bool {
+        self.config.probes.iter().any(|p| p.role == role)
+    }
+
+    /// Starts a new round of probes for the new main process: the startup probe if it needs
+    /// one, else readiness and liveness.
+    fn start_probes(&mut self, needs_start: bool) {
+        self.stop_probes();
+        self.probes.round += 1;
+        self.probes.failures = [0; 3];
+        self.probes.ready = None;
+        self.probes.started = !(needs_start && self.has_probe(ProbeRole::Startup));
+        let roles: &[ProbeRole] = if self.probes.started {
+            &[ProbeRole::Readiness, ProbeRole::Liveness]
+        } else {
+            &[ProbeRole::Startup]
+        };
+        self.spawn_probes(roles);
+    }
+
+    fn spawn_probes(&mut self, roles: &[ProbeRole]) {
+        for probe in self.config.probes.iter().filter(|p| roles.contains(&p.role)) {
+            let tls = probes::Tls {
+                #[cfg(feature = "tls")]
+                provider: self.config.probe_tls_provider.clone(),
+            };
+            self.probes.tasks.push(probes::spawn(
+                probe.clone(),
+                self.probes.round,
+                self.probes.reports_tx.clone(),
+                self.probes.children.clone(),
+                tls,
+            ));
+        }
+    }
+
+    /// No main process to probe (it exited, is being stopped or detached).
+    fn stop_probes(&mut self) {
+        for task in self.probes.tasks.drain(..) {
+            task.abort();
+        }
+        // Reports already queued belong to the round that just ended.
+        self.probes.round += 1;
+    }
+
+    /// Whether the main process is ready: its own word (`READY=1`, or at once) and its probes'.
+    fn is_ready(&self) -> bool {
+        let probes_say = self.probes.started
+            && (self.probes.ready == Some(true)
+                || (self.probes.ready.is_none() && !self.has_probe(ProbeRole::Readiness)));
+        self.main.as_ref().is_some_and(|m| m.ready_at.is_some()) && probes_say
+    }
+
+    /// One check's outcome. `Some` when the main process must be stopped (a startup or liveness
+    /// probe failed too often): which probe, and its last failure.
+    fn on_probe(&mut self, report: probes::Report) -> Option<(ProbeRole, String)> {
+        if report.round != self.probes.round {
+            return None;
+        }
+        let pid = self.main.as_ref()?.pid as u32;
+        let role = report.role;
+        let index = role_index(role);
+        let threshold = self.config.probes.iter().find(|p| p.role == role).map_or(1, |p| p.failures);
+        match report.outcome {
+            Ok(()) => {
+                let was_failing = self.probes.failures[index] > 0;
+                self.probes.failures[index] = 0;
+                let passed = match role {
+                    ProbeRole::Startup => {
+                        self.probes.started = true;
+                        for task in self.probes.tasks.drain(..) {
+                            task.abort();
+                        }
+                        if self.ready_at_start()
+                            && let Some(main) = self.main.as_mut()
+                            && main.ready_at.is_none()
+                        {
+                            main.ready_at = Some(Instant::now());
+                            self.start_deadline = None;
+                        }
+                        self.spawn_probes(&[ProbeRole::Readiness, ProbeRole::Liveness]);
+                        tracing::info!(pid, "startup probe passed");
+                        true
+                    }
+                    ProbeRole::Readiness => self.probes.ready.replace(true) != Some(true),
+                    _ => was_failing,
+                };
+                if passed {
+                    self.emit(EventKind::ProbePassed { pid, role });
+                    if role != ProbeRole::Liveness {
+                        self.after_readiness_change(pid);
+                    }
+                }
+                None
+            }
+            Err(reason) => {
+                let count = self.probes.failures[index].saturating_add(1);
+                self.probes.failures[index] = count;
+                tracing::warn!(pid, %role, %reason, consecutive = count, of = threshold, "probe failed");
+                self.emit(EventKind::ProbeFailed { pid, role, reason: reason.clone(), consecutive: count });
+                if count < threshold {
+                    return None;
+                }
+                match role {
+                    ProbeRole::Readiness => {
+                        if self.probes.ready.replace(false) != Some(false) {
+                            tracing::warn!(pid, "not ready: the readiness probe keeps failing");
+                            self.publish(State::Running);
+                        }
+                        None
+                    }
+                    _ => Some((role, reason)),
+                }
+            }
+        }
+    }
+
+    /// The service became ready through a probe: files, event, status.
+    fn after_readiness_change(&mut self, pid: u32) {
+        if self.is_ready() {
+            tracing::info!(pid, "service is ready");
+            if self.config.state_file.is_some()
+                && let Err(err) = self.write_files(false)
+            {
+                tracing::error!(%err, "cannot update the state file; keeping the previous one");
+            }
+            self.emit(EventKind::Ready { pid });
+        }
+        self.publish(State::Running);
     }
 
     /// Writes the pid file (if `pid_file_too`) and the state file for the current main process.
@@ -667,8 +1027,18 @@ impl Task {
                     Some(finished) => finished,
                     None => continue,
                 },
-                Outcome::Stop => {
-                    let outcome = self.stop().await;
+                Outcome::Restart => match self.restart_now().await {
+                    None => continue,
+                    // The command could not be started again: the policy decides, as after any
+                    // failed start.
+                    Some(exit) => match self.after_exit(0, 0, exit).await {
+                        Some(finished) => finished,
+                        None => continue,
+                    },
+                },
+                Outcome::Stop(signal) => {
+                    self.fail_restart("the service was stopped");
+                    let outcome = self.stop(signal).await;
                     self.emit(EventKind::Stopped { outcome: outcome.clone() });
                     Finished::Stopped(outcome)
                 }
@@ -692,7 +1062,18 @@ impl Task {
     /// Watches the main process until it exits or a request ends supervision.
     async fn supervise_main(&mut self) -> Outcome {
         loop {
-            match self.next_wake().await {
+            let wake = self.next_wake().await;
+            if let Some(outcome) = self.on_wake(wake).await {
+                return outcome;
+            }
+            self.check_restart();
+        }
+    }
+
+    /// Acts on one wake-up; `Some` ends this stretch of supervising the main process.
+    async fn on_wake(&mut self, wake: Wake) -> Option<Outcome> {
+        {
+            match wake {
                 Wake::Notify(Ok(message)) => self.on_message(&message),
                 Wake::Notify(Err(err)) => tracing::warn!(%err, "notify socket receive failed"),
                 Wake::MainExited => {
@@ -701,32 +1082,37 @@ impl Task {
                     let before = self.main.as_ref().map(|m| m.pid);
                     self.drain_notify();
                     if self.main.as_ref().map(|m| m.pid) != before {
-                        continue;
+                        return None;
+                    }
+                    // A predecessor in its rollback window takes the service back by naming
+                    // itself: give it a moment before this exit counts as a crash.
+                    if self.await_rollback().await {
+                        return None;
                     }
                     if let Some(main) = self.main.take() {
                         let status = self.collect_status(main.pid);
-                        return Outcome::Exited {
+                        return Some(Outcome::Exited {
                             pid: main.pid,
                             pgid: main.pgid,
                             exit: exit_of(&main, status, ExitCause::OnItsOwn),
-                        };
+                        });
                     }
                 }
-                Wake::RetiredExited(index) => {
-                    let old = self.retired.swap_remove(index);
-                    let status = self.collect_status(old.pid);
-                    tracing::info!(pid = old.pid, %status, "previous main process exited");
-                }
+                Wake::RetiredExited(index) => self.retired_exited(index),
+                Wake::RetiredDeadline => self.retired_deadlines(),
                 Wake::Child => self.reap_orphans(),
                 Wake::Request(Some(Request::Signal(signal, reply))) => {
                     let _ = reply.send(self.signal_main(signal));
                 }
-                Wake::Request(Some(Request::Stop)) => return Outcome::Stop,
-                Wake::Request(Some(Request::Detach(reply))) => return Outcome::Detach(reply),
-                Wake::Request(None) => return Outcome::Abandoned,
+                Wake::Request(Some(Request::Restart(method, timeout, reply))) => {
+                    return self.begin_restart(method, timeout, reply);
+                }
+                Wake::Request(Some(Request::Stop(signal))) => return Some(Outcome::Stop(signal)),
+                Wake::Request(Some(Request::Detach(reply))) => return Some(Outcome::Detach(reply)),
+                Wake::Request(None) => return Some(Outcome::Abandoned),
                 Wake::Watchdog => {
                     if let Some(outcome) = self.watchdog_expired().await {
-                        return outcome;
+                        return Some(outcome);
                     }
                 }
                 Wake::StartTimeout => {
@@ -735,7 +1121,26 @@ impl Task {
                     if self.start_deadline.is_some()
                         && let Some(outcome) = self.start_timed_out().await
                     {
-                        return outcome;
+                        return Some(outcome);
+                    }
+                }
+                Wake::Probe(report) => {
+                    if let Some((role, reason)) = self.on_probe(report) {
+                        let pid = self.main.as_ref().map_or(0, |m| m.pid);
+                        tracing::warn!(pid, %role, %reason, "stopping the service: its {role} probe failed");
+                        return self
+                            .terminate_main(self.config.stop_signal, ExitCause::ProbeFailed { role, reason })
+                            .await;
+                    }
+                }
+                Wake::RestartDeadline => {
+                    // Messages queued behind the deadline count.
+                    self.drain_notify();
+                    self.check_restart();
+                    if let Some(pending) = &mut self.pending_restart {
+                        pending
+                            .failed
+                            .get_or_insert_with(|| "no new main process was ready in time".to_owned());
                     }
                 }
                 Wake::RetryFiles => {
@@ -746,16 +1151,136 @@ impl Task {
                 }
             }
         }
+        None
+    }
+
+    // ---- restarts on request ----------------------------------------------------------------
+
+    /// A restart request: refused, begun here (a handover), or handed to the loop (stop+start).
+    fn begin_restart(
+        &mut self,
+        method: RestartMethod,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<u32, Error>>,
+    ) -> Option<Outcome> {
+        let refuse = |reason: &str| Err(Error::RestartFailed { reason: reason.to_owned() });
+        if self.pending_restart.is_some() {
+            let _ = reply.send(refuse("a restart is already in progress"));
+            return None;
+        }
+        let Some(main) = &self.main else {
+            let _ = reply.send(Err(Error::NothingRunning));
+            return None;
+        };
+        let from = Some(main.pid);
+        if let RestartMethod::Handover(signal) = method {
+            if self.notify.is_none() {
+                let _ = reply.send(refuse("a handover restart needs the notify socket (MAINPID=)"));
+                return None;
+            }
+            if let Err(err) = self.signal_main(signal) {
+                let _ = reply.send(Err(err));
+                return None;
+            }
+            tracing::info!(pid = main.pid, %signal, "restart: asked the service for a handover");
+        }
+        self.pending_restart = Some(PendingRestart {
+            reply,
+            deadline: Instant::now().checked_add(timeout),
+            from,
+            reloading: false,
+            failed: None,
+        });
+        (method == RestartMethod::StopStart).then_some(Outcome::Restart)
+    }
+
+    /// Stop+start on request: the main process and what belongs to it stopped, the command started
+    /// again at once (no backoff, not a failure for the policy).
+    async fn restart_now(&mut self) -> Option<Exit> {
+        self.stop_probes();
+        if let Some(main) = self.main.take() {
+            self.watchdog_deadline = None;
+            self.start_deadline = None;
+            tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "restart: stopping the service");
+            let scope = group::Scope {
+                groups: self.signalable(&[main.pgid]),
+                sessions: [main.session].into_iter().filter(|s| *s != self.own_session && *s > 1).collect(),
+                target_descendants: true,
+                our_descendants: false,
+            };
+            group::terminate(&[main.target()], &scope, self.config.stop_signal, Some(self.config.grace))
+                .await;
+            let status = self.collect_status(main.pid);
+            let exit = exit_of(&main, status, ExitCause::Restarted);
+            self.last_exit = Some(status);
+            self.emit(EventKind::Exited { pid: main.pid as u32, status, runtime: exit.runtime });
+        }
+        match self.start_main() {
+            Ok(()) => {}
+            Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
+                tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
+            }
+            Err(err) => {
+                tracing::error!(%err, "restart failed");
+                self.fail_restart(&err.to_string());
+                return Some(Exit {
+                    status: ExitStatus::Unknown,
+                    cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                    runtime: Duration::ZERO,
+                    healthy: Duration::ZERO,
+                    at: Instant::now(),
+                });
+            }
+        }
+        self.check_restart();
+        None
+    }
+
+    /// Answers the pending restart if its outcome is known.
+    fn check_restart(&mut self) {
+        let Some(pending) = &self.pending_restart else { return };
+        let outcome = if let Some(reason) = &pending.failed {
+            Err(Error::RestartFailed { reason: reason.clone() })
+        } else if let Some(main) = &self.main
+            && main.pid != pending.from.unwrap_or_default()
+            && self.is_ready()
+        {
+            Ok(main.pid as u32)
+        } else if pending.deadline.is_some_and(|d| d <= Instant::now()) {
+            Err(Error::RestartFailed { reason: "no new main process was ready in time".to_owned() })
+        } else {
+            return;
+        };
+        if let Some(pending) = self.pending_restart.take() {
+            match &outcome {
+                Ok(pid) => tracing::info!(pid, "restart complete"),
+                Err(err) => tracing::warn!(%err, "restart on request failed"),
+            }
+            let _ = pending.reply.send(outcome);
+        }
+    }
+
+    /// Fails the pending restart (if any) with `reason`, at once.
+    fn fail_restart(&mut self, reason: &str) {
+        if let Some(pending) = &mut self.pending_restart {
+            pending.failed.get_or_insert_with(|| reason.to_owned());
+        }
+        self.check_restart();
     }
 
     async fn next_wake(&mut self) -> Wake {
         let deadline = self.watchdog_deadline;
         let retry = self.retry_files.map(|(at, _)| at);
         let start = self.start_deadline;
+        let retired = self.next_retired_deadline();
+        let restart = self.pending_restart.as_ref().and_then(|p| p.deadline);
         tokio::select! {
             message = recv_notify(self.notify.as_ref()) => Wake::Notify(message),
+            () = sleep_until(restart) => Wake::RestartDeadline,
+            Some(report) = self.probes.reports.recv() => Wake::Probe(report),
             () = exited(self.main.as_ref().map(|m| &m.fd)) => Wake::MainExited,
             index = any_exited(&self.retired) => Wake::RetiredExited(index),
+            () = sleep_until(retired) => Wake::RetiredDeadline,
             () = next_signal(self.sigchld.as_mut()) => Wake::Child,
             request = self.requests.recv() => Wake::Request(request),
             () = sleep_until(deadline) => Wake::Watchdog,
@@ -766,6 +1291,8 @@ impl Task {
 
     /// After an exit: stop leftovers, ask the policy, wait, restart. `None` means "running again".
     async fn after_exit(&mut self, pid: i32, group: i32, mut exit: Exit) -> Option<Finished> {
+        self.stop_probes();
+        self.fail_restart("the main process exited before a new one was ready");
         loop {
             self.last_exit = Some(exit.status);
             if !matches!(exit.cause, ExitCause::SpawnFailed { .. }) {
@@ -784,8 +1311,11 @@ impl Task {
                         let attempt = self.starts + 1;
                         tracing::info!(delay = %humanize(after), attempt, "restarting after a delay");
                         self.emit(EventKind::Backoff { delay: after, attempt });
-                        if let Some(finished) = self.backoff(after).await {
-                            return Some(finished);
+                        match self.backoff(after).await {
+                            BackoffEnd::Elapsed => {}
+                            BackoffEnd::Finished(finished) => return Some(finished),
+                            // A retired process took the service back meanwhile.
+                            BackoffEnd::RolledBack => return None,
                         }
                     }
                     match self.start_main() {
@@ -809,12 +1339,14 @@ impl Task {
                     }
                 }
                 Decision::Done => {
+                    self.stop_remaining().await;
                     self.remove_files();
                     self.emit(EventKind::Done { last: exit.status });
                     return Some(Finished::Done { last: exit.status });
                 }
                 Decision::GiveUp { reason } => {
                     tracing::error!(%reason, last = %exit.status, "giving up");
+                    self.stop_remaining().await;
                     self.remove_files();
                     self.emit(EventKind::GaveUp { reason: reason.clone(), last: exit.status });
                     return Some(Finished::GaveUp { reason, last: exit.status });
@@ -824,32 +1356,78 @@ impl Task {
     }
 
     /// Waits `delay` before a restart, still answering requests and reaping.
-    async fn backoff(&mut self, delay: Duration) -> Option<Finished> {
-        self.publish(State::BackingOff);
+    async fn backoff(&mut self, delay: Duration) -> BackoffEnd {
         // A delay too long to add to the clock is waited out for ever (until a stop).
         let until = Instant::now().checked_add(delay);
-        loop {
+        self.backoff_until = SystemTime::now().checked_add(delay);
+        self.publish(State::BackingOff);
+        let end = loop {
+            let retired = self.next_retired_deadline();
             tokio::select! {
-                () = sleep_until(until) => return None,
+                () = sleep_until(until) => break BackoffEnd::Elapsed,
                 request = self.requests.recv() => match request {
-                    Some(Request::Stop) => {
+                    Some(Request::Stop(signal)) => {
                         // Nothing is the main process, but previous ones may still drain, and
                         // (dedicated) orphans may be left: the stop covers them.
-                        let outcome = self.stop().await;
+                        self.backoff_until = None;
+                        let outcome = self.stop(signal).await;
                         self.emit(EventKind::Stopped { outcome: outcome.clone() });
-                        return Some(Finished::Stopped(outcome));
+                        break BackoffEnd::Finished(Finished::Stopped(outcome));
                     }
                     Some(Request::Detach(reply) | Request::Signal(_, reply)) => {
                         let _ = reply.send(Err(Error::NothingRunning));
                     }
-                    None => return Some(Finished::Abandoned),
+                    Some(Request::Restart(_, _, reply)) => {
+                        let _ = reply.send(Err(Error::NothingRunning));
+                    }
+                    None => break BackoffEnd::Finished(Finished::Abandoned),
                 },
-                // Nobody is the main process: every message is refused, but fds must be closed.
-                message = recv_notify(self.notify.as_ref()) => if let Ok(message) = message { self.on_message(&message) },
+                // Nobody is the main process: every message is refused (fds closed) except a
+                // retired process taking the service back.
+                message = recv_notify(self.notify.as_ref()) => if let Ok(message) = message {
+                    self.on_message(&message);
+                    if self.main.is_some() {
+                        break BackoffEnd::RolledBack;
+                    }
+                },
+                index = any_exited(&self.retired) => self.retired_exited(index),
+                () = sleep_until(retired) => self.retired_deadlines(),
+                () = next_signal(self.sigchld.as_mut()) => self.reap_orphans(),
+            }
+        };
+        self.backoff_until = None;
+        end
+    }
+
+    /// After the main process exited: while a retired process still runs, wait up to
+    /// [`Config::rollback_grace`] for it to take the service back (`MAINPID=` naming itself).
+    /// `true` if one did.
+    async fn await_rollback(&mut self) -> bool {
+        if self.retired.iter().all(|p| p.ending.is_some() || p.exited())
+            || self.config.rollback_grace.is_zero()
+        {
+            return false;
+        }
+        let Some(main_pid) = self.main.as_ref().map(|m| m.pid) else { return false };
+        let until = Instant::now().checked_add(self.config.rollback_grace);
+        tracing::debug!(pid = main_pid, grace = %humanize(self.config.rollback_grace), "main process exited; waiting for a rollback");
+        loop {
+            tokio::select! {
+                () = sleep_until(until) => return false,
+                message = recv_notify(self.notify.as_ref()) => match message {
+                    Ok(message) => {
+                        self.on_message(&message);
+                        if self.main.as_ref().map(|m| m.pid) != Some(main_pid) {
+                            return true;
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "notify socket receive failed"),
+                },
                 index = any_exited(&self.retired) => {
-                    let old = self.retired.swap_remove(index);
-                    let status = self.collect_status(old.pid);
-                    tracing::info!(pid = old.pid, %status, "previous main process exited");
+                    self.retired_exited(index);
+                    if self.retired.iter().all(|p| p.ending.is_some()) {
+                        return false;
+                    }
                 }
                 () = next_signal(self.sigchld.as_mut()) => self.reap_orphans(),
             }
@@ -878,10 +1456,19 @@ impl Task {
             return;
         }
         let Some(main_pid) = self.main.as_ref().map(|m| m.pid) else {
+            // Backing off after a crash: a retired process may still take the service back.
+            if let Some(index) = self.retired.iter().position(|p| Some(p.pid) == message.pid) {
+                self.message_from_retired(index, message);
+                return;
+            }
             tracing::debug!(sender = ?message.pid, "ignoring a notification: no main process");
             return;
         };
         if message.pid != Some(main_pid) {
+            if let Some(index) = self.retired.iter().position(|p| Some(p.pid) == message.pid) {
+                self.message_from_retired(index, message);
+                return;
+            }
             // systemd's NotifyAccess=main: only the main process speaks for the service.
             tracing::debug!(sender = ?message.pid, main_pid, "ignoring a notification from a process that is not the main pid");
             return;
@@ -891,10 +1478,24 @@ impl Task {
         // systemd applies MAINPID= before READY=1 of the same message.
         match note.main_pid {
             Some(Ok(new)) => self.follow(new as i32),
-            Some(Err(text)) => tracing::warn!(%text, "ignoring an invalid MAINPID="),
+            Some(Err(ref text)) => tracing::warn!(%text, "ignoring an invalid MAINPID="),
             None => {}
         }
         let now = Instant::now();
+        if let Some(pending) = &mut self.pending_restart
+            && pending.from == Some(main_pid)
+            && self.main.as_ref().is_some_and(|m| m.pid == main_pid)
+        {
+            if note.reloading {
+                pending.reloading = true;
+            } else if note.ready && pending.reloading && note.main_pid.is_none() {
+                // RELOADING=1 … READY=1 from the same process: it is serving on, without a
+                // successor (lifeline::service says so after a failed handover).
+                pending.failed = Some(format!(
+                    "pid {main_pid} is ready again without naming a successor (its handover failed)"
+                ));
+            }
+        }
         if note.ready
             && let Some(main) = self.main.as_mut()
             && main.ready_at.is_none()
@@ -965,7 +1566,8 @@ impl Task {
             proc.ready_at = Some(proc.since);
         }
         let old_pid = old.pid;
-        if let Some(previous) = self.main.take() {
+        if let Some(mut previous) = self.main.take() {
+            previous.retired_at = Some(Instant::now());
             self.retired.push(previous);
         }
         self.main_pid_changes += 1;
@@ -974,6 +1576,143 @@ impl Task {
             tracing::error!(%err, "cannot update the file; keeping the previous one");
         }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
+        self.enforce_max_retired();
+    }
+
+    /// A notification from a retired process. Only one thing is accepted from it: `MAINPID=`
+    /// naming itself once the main process has exited (or nothing is the main process) — a
+    /// predecessor in its rollback window taking the service back after its successor died.
+    /// Anything else from it is ignored, as systemd ignores what is not the main pid's.
+    fn message_from_retired(&mut self, index: usize, message: &Message) {
+        let Some(sender) = message.pid else { return };
+        let note = Notification::parse(&message.text);
+        let names_itself = matches!(note.main_pid, Some(Ok(pid)) if pid as i32 == sender);
+        let main_gone = self.main.as_ref().is_none_or(Proc::exited);
+        if !names_itself || !main_gone || self.retired[index].ending.is_some() || self.retired[index].exited()
+        {
+            tracing::debug!(sender, main_gone, "ignoring a notification from a retired process");
+            return;
+        }
+        let mut proc = self.retired.remove(index);
+        proc.retired_at = None;
+        let now = Instant::now();
+        proc.since = now;
+        proc.since_wall = SystemTime::now();
+        proc.ready_at = (note.ready || self.ready_at_start()).then_some(now);
+        let (from, status) = match self.main.take() {
+            Some(crashed) => {
+                let status = self.collect_status(crashed.pid);
+                (Some(crashed.pid as u32), status)
+            }
+            None => (None, ExitStatus::Unknown),
+        };
+        if from.is_some() {
+            self.last_exit = Some(status);
+        }
+        self.rollbacks += 1;
+        self.main_pid_changes += 1;
+        tracing::warn!(from = ?from, to = sender, %status, "rolled back: a previous main process took the service back");
+        if let Err(err) = self.install_main(proc) {
+            tracing::error!(%err, "cannot update the file; keeping the previous one");
+        }
+        if let Some(text) = note.status {
+            self.status_text = Some(text);
+        }
+        self.emit(EventKind::RolledBack { from, status, to: sender as u32 });
+        if note.ready {
+            self.emit(EventKind::Ready { pid: sender as u32 });
+        }
+        self.publish(State::Running);
+    }
+
+    // ---- retired processes ------------------------------------------------------------------
+
+    /// A retired process exited: forget it.
+    fn retired_exited(&mut self, index: usize) {
+        // `remove`, not `swap_remove`: the list stays oldest first, for the cap.
+        let old = self.retired.remove(index);
+        let status = self.collect_status(old.pid);
+        tracing::info!(pid = old.pid, %status, "previous main process exited");
+        self.publish(if self.main.is_some() { State::Running } else { State::BackingOff });
+    }
+
+    /// More retired processes than [`Config::max_retired`] run: stop the oldest ones.
+    fn enforce_max_retired(&mut self) {
+        let Some(max) = self.config.max_retired else { return };
+        loop {
+            let running: Vec<usize> = (0..self.retired.len())
+                .filter(|&i| self.retired[i].ending.is_none() && !self.retired[i].exited())
+                .collect();
+            if running.len() <= max {
+                return;
+            }
+            self.end_retired(running[0], RetiredStop::MaxRetired);
+        }
+    }
+
+    /// Stops retired process `index`: the stop signal now, `SIGKILL` after the grace period.
+    /// Its process group is signalled too unless another process the supervisor watches (the
+    /// main process, a retired one not being stopped) is in it: a successor started in its
+    /// predecessor's group must not be caught.
+    fn end_retired(&mut self, index: usize, reason: RetiredStop) {
+        let pgid = self.retired[index].pgid;
+        let shared = self.main.iter().any(|m| m.pgid == pgid)
+            || self
+                .retired
+                .iter()
+                .enumerate()
+                .any(|(i, p)| i != index && p.pgid == pgid && p.ending.is_none());
+        let whole_group = !shared && pgid != self.own_pgid && pgid > 1;
+        let signal = self.config.stop_signal;
+        let proc = &mut self.retired[index];
+        let retired_pid = proc.pid as u32;
+        tracing::warn!(pid = retired_pid, %reason, %signal, "stopping a retired main process");
+        let _ = sys::pidfd_send_signal(proc.fd.as_fd(), signal);
+        if whole_group {
+            let _ = sys::kill_group(pgid, signal);
+        }
+        proc.ending = Some(Ending { kill_at: Instant::now().checked_add(self.config.grace), whole_group });
+        self.emit(EventKind::RetiredStopped { pid: retired_pid, reason });
+    }
+
+    /// The next drain deadline or `SIGKILL` due among the retired processes.
+    fn next_retired_deadline(&self) -> Option<Instant> {
+        self.retired
+            .iter()
+            .filter_map(|p| match p.ending {
+                Some(ending) => ending.kill_at,
+                None => self.config.drain_deadline.and_then(|d| p.retired_at?.checked_add(d)),
+            })
+            .min()
+    }
+
+    /// Acts on every drain deadline and `SIGKILL` that is due.
+    fn retired_deadlines(&mut self) {
+        let now = Instant::now();
+        for index in 0..self.retired.len() {
+            let proc = &self.retired[index];
+            match proc.ending {
+                Some(Ending { kill_at: Some(at), whole_group }) if at <= now => {
+                    let pid = proc.pid as u32;
+                    tracing::warn!(pid, "a retired main process outlived its grace period: SIGKILL");
+                    let _ = sys::pidfd_send_signal(proc.fd.as_fd(), Signal::KILL);
+                    if whole_group {
+                        let _ = sys::kill_group(proc.pgid, Signal::KILL);
+                    }
+                    self.retired[index].ending = Some(Ending { kill_at: None, whole_group });
+                    self.emit(EventKind::RetiredKilled { pid });
+                }
+                None if self
+                    .config
+                    .drain_deadline
+                    .and_then(|d| proc.retired_at?.checked_add(d))
+                    .is_some_and(|at| at <= now) =>
+                {
+                    self.end_retired(index, RetiredStop::DrainDeadline);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Whether the process `stat` describes may become the main process after `old`: it descends
@@ -1025,7 +1764,12 @@ impl Task {
         let watched: Vec<i32> = self.main.iter().chain(&self.retired).map(|p| p.pid).collect();
         let mut found = Vec::new();
         if self.config.dedicated {
-            sys::reap_any(|pid, status| found.push((pid, status)));
+            // Under the probes' lock: a probe command's status goes to its probe.
+            found = self.probes.children.reaping(|| {
+                let mut all = Vec::new();
+                sys::reap_any(|pid, status| all.push((pid, status)));
+                all
+            });
         } else {
             for &pgid in &self.pgids {
                 sys::reap_group(pgid, |pid, status| found.push((pid, status)));
@@ -1058,6 +1802,32 @@ impl Task {
             let live: BTreeSet<i32> = sys::process_table().iter().map(|s| s.session).collect();
             self.sessions.retain(|s| keep_sessions.contains(s) || live.contains(s));
         }
+    }
+
+    /// Supervision ends without a main process (done, given up): a dedicated supervisor stops
+    /// whatever of the service is still running — retired processes, orphans in sessions of
+    /// their own — so that it leaves nothing behind (a container's init exits next).
+    async fn stop_remaining(&mut self) {
+        if !self.config.dedicated {
+            return;
+        }
+        let retired = std::mem::take(&mut self.retired);
+        let targets: Vec<group::Target<'_>> = retired.iter().map(Proc::target).collect();
+        let scope = group::Scope {
+            groups: self.signalable(&retired.iter().map(|p| p.pgid).collect::<Vec<_>>()),
+            sessions: BTreeSet::new(),
+            target_descendants: true,
+            our_descendants: true,
+        };
+        if targets.is_empty() && group::members(&targets, &scope).is_empty() {
+            return;
+        }
+        tracing::info!("stopping what the service left running");
+        group::terminate(&targets, &scope, self.config.stop_signal, Some(self.config.grace)).await;
+        for old in &retired {
+            let _ = self.collect_status(old.pid);
+        }
+        self.reap_orphans();
     }
 
     /// After a crash: stop what is left of the crashed main process's group.
@@ -1109,6 +1879,7 @@ impl Task {
     /// after the grace period; its exit is reported with `cause`.
     async fn terminate_main(&mut self, signal: Signal, cause: ExitCause) -> Option<Outcome> {
         let main = self.main.take()?;
+        self.stop_probes();
         self.watchdog_deadline = None;
         self.start_deadline = None;
         let scope = group::Scope::groups(self.signalable(&[main.pgid]));
@@ -1122,7 +1893,9 @@ impl Task {
     /// yet, in a group of its own) — and, dedicated, every descendant of this process. Processes
     /// that join while it waits (forks, orphans re-parented to us) are stopped too; it ends only
     /// when none is left (or they survived `SIGKILL`).
-    async fn stop(&mut self) -> StopOutcome {
+    async fn stop(&mut self, signal: Option<Signal>) -> StopOutcome {
+        let stop_signal = signal.unwrap_or(self.config.stop_signal);
+        self.stop_probes();
         self.drain_notify();
         self.publish(State::Stopping);
         self.watchdog_deadline = None;
@@ -1141,11 +1914,11 @@ impl Task {
         let began = Instant::now();
         let ended = if anything {
             if let Some(main) = &main {
-                tracing::info!(pid = main.pid, signal = %self.config.stop_signal, "stopping the service");
+                tracing::info!(pid = main.pid, signal = %stop_signal, "stopping the service");
             } else {
-                tracing::info!(signal = %self.config.stop_signal, "stopping what is left of the service");
+                tracing::info!(signal = %stop_signal, "stopping what is left of the service");
             }
-            group::terminate(&targets, &scope, self.config.stop_signal, Some(self.config.grace)).await
+            group::terminate(&targets, &scope, stop_signal, Some(self.config.grace)).await
         } else {
             group::Ended::default()
         };
@@ -1183,6 +1956,7 @@ impl Task {
             tracing::error!(%err, "cannot write the detached snapshot to the state file");
         }
         self.emit(EventKind::Detached { pid: snapshot.pid });
+        self.stop_probes();
         self.main = None;
         Ok(snapshot)
     }
@@ -1190,7 +1964,7 @@ impl Task {
     /// Every handle is gone: leave the service running, or stop it if it was meant to die with us.
     async fn abandon(&mut self) -> Finished {
         if matches!(self.config.lifetime, Lifetime::DieWithSupervisor { .. }) {
-            let outcome = self.stop().await;
+            let outcome = self.stop(None).await;
             self.emit(EventKind::Stopped { outcome });
         } else if let Some(main) = &self.main {
             tracing::info!(pid = main.pid, "supervisor handle dropped; leaving the service running");
@@ -1243,13 +2017,27 @@ impl Task {
         self.status.send_replace(Status {
             pid: main.map(|m| m.pid as u32),
             state,
-            ready: main.is_some_and(|m| m.ready_at.is_some()),
+            ready: self.is_ready(),
             text: self.status_text.clone(),
             starts: self.starts,
             main_pid_changes: self.main_pid_changes,
             last_exit: self.last_exit,
+            since: main.map(|m| m.since_wall),
+            backoff_until: if state == State::BackingOff { self.backoff_until } else { None },
+            retired: self.retired.iter().map(|p| p.pid as u32).collect(),
+            rollbacks: self.rollbacks,
         });
     }
+}
+
+/// At most one probe of each role.
+fn check_probes(config: &Config) -> Result<(), Error> {
+    for (i, probe) in config.probes.iter().enumerate() {
+        if config.probes[..i].iter().any(|p| p.role == probe.role) {
+            return Err(Error::ProbeConflict { role: probe.role });
+        }
+    }
+    Ok(())
 }
 
 fn exit_of(proc: &Proc, status: ExitStatus, cause: ExitCause) -> Exit {
