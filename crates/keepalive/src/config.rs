@@ -214,6 +214,37 @@ pub struct Config {
     /// sessions and their descendants (an orphan that called `setsid()` after its parent exited
     /// is none of these, and is left to its new parent, possibly as a zombie).
     pub dedicated: bool,
+    /// A previous main process (retired by a `MAINPID=` handover, draining) still running this
+    /// long after it was retired is stopped: `stop_signal` to it (and to its process group when
+    /// no other process of the service is in it), `SIGKILL` after `grace` (default: never;
+    /// HAProxy's `hard-stop-after`). A duration too long to add to the clock means "never".
+    pub drain_deadline: Option<Duration>,
+    /// At most this many retired main processes may run at once: when a `MAINPID=` handover
+    /// retires one more, the oldest beyond the cap are stopped like at the
+    /// [`drain_deadline`](Config::drain_deadline) (default: no cap; HAProxy's
+    /// `mworker-max-reloads`, which ends the oldest worker rather than refusing the reload — the
+    /// successor is already serving when `MAINPID=` arrives, so there is nothing left to refuse).
+    /// Between the handover and the oldest one's exit (at most `grace`), one more than the cap runs.
+    pub max_retired: Option<usize>,
+    /// How long, after the main process exited, to wait for a retired process still running to
+    /// take the service back (`MAINPID=` naming *itself*, as a predecessor in its rollback window
+    /// does when its successor dies) before the exit counts as a crash (default 2 s). Not waited
+    /// when no retired process runs. Such a rollback is followed: no restart, no backoff, not a
+    /// failure for the policy ([`EventKind::RolledBack`](crate::EventKind::RolledBack)).
+    pub rollback_grace: Duration,
+    /// Startup, readiness and liveness probes ([`Probe`](crate::Probe)), at most one of each
+    /// role, for services that speak no notify protocol (default: none). A startup probe decides
+    /// when a started process has started (it is not ready before, and `failures` failures in a
+    /// row fail the start: stopped, then the policy decides, backoff applies); readiness and
+    /// liveness probes begin once it passed (at once without one, and for an adopted or followed
+    /// process). Readiness failures make the service not ready, liveness failures stop and
+    /// restart it.
+    pub probes: Vec<crate::Probe>,
+    /// The rustls crypto provider HTTPS probes use (feature `tls`); `None`: rustls' process-wide
+    /// default ([`CryptoProvider::get_default`](rustls::crypto::CryptoProvider::get_default)).
+    /// keepalive never picks one itself.
+    #[cfg(feature = "tls")]
+    pub probe_tls_provider: Option<std::sync::Arc<rustls::crypto::CryptoProvider>>,
 }
 
 impl Default for Config {
@@ -232,6 +263,12 @@ impl Default for Config {
             start_timeout: None,
             subreaper: false,
             dedicated: false,
+            drain_deadline: None,
+            max_retired: None,
+            rollback_grace: Duration::from_secs(2),
+            probes: Vec::new(),
+            #[cfg(feature = "tls")]
+            probe_tls_provider: None,
         }
     }
 }

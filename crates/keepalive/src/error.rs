@@ -160,6 +160,19 @@ pub enum Error {
     /// (notification off, or [`Readiness::Started`](crate::Readiness::Started)).
     #[error("a start timeout needs readiness notification (notify, readiness = Notified)")]
     StartTimeoutWithoutReadiness,
+    /// A restart ([`Supervised::restart`](crate::Supervised::restart)) did not lead to a ready
+    /// main process.
+    #[error("restart failed: {reason}")]
+    RestartFailed {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// Two probes of one role were configured ([`Config::probes`](crate::Config::probes)).
+    #[error("more than one {role} probe")]
+    ProbeConflict {
+        /// The role given twice.
+        role: crate::ProbeRole,
+    },
     /// No process is running right now (the supervisor is waiting out a restart delay).
     #[error("no process is running (waiting to restart)")]
     NothingRunning,

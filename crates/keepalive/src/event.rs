@@ -51,6 +51,53 @@ pub enum EventKind {
         /// The new main pid.
         new: u32,
     },
+    /// The main process exited and a retired one took the service back by naming itself with
+    /// `MAINPID=` (a rollback: its successor died in its rollback window). Supervision follows it:
+    /// no restart, no backoff, not a failure for the policy.
+    RolledBack {
+        /// The main process that exited; `None` when its exit had already been counted (the
+        /// rollback came while the supervisor waited out a restart delay).
+        from: Option<u32>,
+        /// Its status ([`ExitStatus::Unknown`] when it was not our child, as a handover
+        /// successor's parent is its predecessor).
+        status: ExitStatus,
+        /// The retired process that is the main process again.
+        to: u32,
+    },
+    /// A retired main process was stopped: it was still draining at
+    /// [`Config::drain_deadline`](crate::Config::drain_deadline), or more than
+    /// [`Config::max_retired`](crate::Config::max_retired) ran.
+    RetiredStopped {
+        /// The retired process.
+        pid: u32,
+        /// Why.
+        reason: RetiredStop,
+    },
+    /// A retired process that got the stop signal was still there after the grace period:
+    /// `SIGKILL`.
+    RetiredKilled {
+        /// The retired process.
+        pid: u32,
+    },
+    /// A probe failed ([`Config::probes`](crate::Config::probes)).
+    ProbeFailed {
+        /// The main pid.
+        pid: u32,
+        /// Which probe.
+        role: crate::ProbeRole,
+        /// Why.
+        reason: String,
+        /// How many times in a row.
+        consecutive: u32,
+    },
+    /// A probe passed where it had not: the startup probe's first pass, readiness regained, a
+    /// liveness probe that had failed passing again.
+    ProbePassed {
+        /// The main pid.
+        pid: u32,
+        /// Which probe.
+        role: crate::ProbeRole,
+    },
     /// The main process missed its watchdog deadline; it is being killed and will be restarted.
     WatchdogTimeout {
         /// The main pid.
@@ -110,6 +157,26 @@ pub enum EventKind {
         /// The main pid.
         pid: u32,
     },
+}
+
+/// Why a retired main process was stopped ([`EventKind::RetiredStopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetiredStop {
+    /// It was still running at [`Config::drain_deadline`](crate::Config::drain_deadline).
+    DrainDeadline,
+    /// One more handover made more than [`Config::max_retired`](crate::Config::max_retired)
+    /// retired processes run; this was the oldest.
+    MaxRetired,
+}
+
+impl std::fmt::Display for RetiredStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RetiredStop::DrainDeadline => "still draining at the drain deadline",
+            RetiredStop::MaxRetired => "the oldest beyond the cap on retired processes",
+        })
+    }
 }
 
 /// A subscription to a supervisor's events.

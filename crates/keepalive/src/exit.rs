@@ -73,6 +73,16 @@ pub enum ExitCause {
     /// It did not send `READY=1` within [`Config::start_timeout`](crate::Config::start_timeout)
     /// and the supervisor stopped it.
     StartTimeout,
+    /// A startup or liveness probe failed `failures` times in a row and the supervisor stopped it.
+    ProbeFailed {
+        /// Which probe.
+        role: crate::ProbeRole,
+        /// The last failure.
+        reason: String,
+    },
+    /// It was stopped to be started again on request
+    /// ([`RestartMethod::StopStart`](crate::RestartMethod::StopStart)); not passed to the policy.
+    Restarted,
     /// A restart could not even start the program (`exec` failed); `status` is
     /// [`ExitStatus::Unknown`].
     SpawnFailed {

@@ -26,6 +26,14 @@
 //! - With [`Config::notify`] the supervisor serves `NOTIFY_SOCKET` like systemd (`READY=1`,
 //!   `MAINPID=`, `WATCHDOG=1`, `STATUS=`, `BARRIER=1`); `systemd-notify`, libsystemd's `sd_notify`
 //!   and the sd-notify crate all work against it.
+//! - Previous main processes still draining after a handover are kept under control
+//!   ([`Config::drain_deadline`], [`Config::max_retired`]), and one that takes the service back
+//!   (`MAINPID=` naming itself: a rollback) is followed instead of counting a crash
+//!   ([`Config::rollback_grace`]).
+//! - [`Probe`]s (startup, readiness, liveness; HTTP(S), TCP, command) watch services that speak
+//!   no notify protocol ([`Config::probes`]).
+//! - [`Supervised::restart`] (stop and start, or a handover on a signal), [`Supervised::controller`]
+//!   and [`Supervised::status_watch`] let a control socket or a service manager act and follow.
 //! - [`PidFile`] (and the state file) is replaced atomically, so readers never see it empty or
 //!   partial; a failed write (a full disk) keeps the previous file and is retried.
 //!
@@ -101,6 +109,7 @@ mod group;
 mod notify;
 mod pidfile;
 mod policy;
+mod probe;
 mod signal;
 mod snapshot;
 mod spawn;
@@ -109,10 +118,15 @@ mod sys;
 
 pub use config::{Command, Config, Lifetime, Notify, Readiness};
 pub use error::Error;
-pub use event::{Event, EventKind, Events};
+pub use event::{Event, EventKind, Events, RetiredStop};
 pub use exit::{Exit, ExitCause, ExitStatus};
 pub use pidfile::PidFile;
 pub use policy::{Backoff, Decision, GiveUpAfter, RestartOn, RestartPolicy};
+pub use probe::{
+    Check, HttpCheck, MAX_PROBE_DURATION, MAX_PROBE_FAILURES, Probe, ProbeRole, ProbeSyntaxError,
+};
 pub use signal::Signal;
 pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
-pub use supervisor::{Finished, State, Status, StopOutcome, Supervised, Supervisor};
+pub use supervisor::{
+    Controller, Finished, RestartMethod, State, Status, StatusWatch, StopOutcome, Supervised, Supervisor,
+};

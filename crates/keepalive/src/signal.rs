@@ -65,6 +65,8 @@ impl Signal {
     pub const USR2: Signal = Signal(libc::SIGUSR2);
     /// `SIGTERM`: the default stop signal.
     pub const TERM: Signal = Signal(libc::SIGTERM);
+    /// `SIGWINCH`: the terminal was resized (a container init passes it on).
+    pub const WINCH: Signal = Signal(libc::SIGWINCH);
 
     /// The signal with this number. Any number is accepted here (it came from the kernel);
     /// [`FromStr`] validates user input.

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::Error;
-use crate::wire::{self, ReadError, Request, Response, Status};
+use crate::wire::{self, ErrorKind, ReadError, Request, Response, Status, SupervisorStatus};
 
 /// How long [`Client::status`] waits by default (see [`Client::set_timeout`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +62,8 @@ pub struct Client {
     path: PathBuf,
     timeout: Duration,
     buf: Vec<u8>,
+    /// What it was connected with, to connect again ([`Client::details`] with an old server).
+    config: ClientConfig,
 }
 
 impl Client {
@@ -91,7 +93,7 @@ impl Client {
         if !config.trusts(cred.uid()) {
             return Err(Error::UntrustedServer { path, uid: cred.uid(), pid: cred.pid().map(|p| p as u32) });
         }
-        Ok(Client { stream, path, timeout: DEFAULT_TIMEOUT, buf: Vec::new() })
+        Ok(Client { stream, path, timeout: DEFAULT_TIMEOUT, buf: Vec::new(), config: config.clone() })
     }
 
     /// Sets how long [`status`](Self::status) and [`request`](Self::request) wait for an answer.
@@ -110,6 +112,34 @@ impl Client {
         match self.request(Request::Status).await? {
             Response::Status(status) => Ok(status),
             other => Err(unexpected(Request::Status, &other)),
+        }
+    }
+
+    /// Asks for the detailed status: [`Details::Supervisor`] from a supervisor
+    /// (`lifeline supervise --control`), [`Details::Service`] from any other server. A server
+    /// that predates [`Request::Details`] refuses it (an error frame, connection closed): then
+    /// this connects again and asks for the plain status.
+    pub async fn details(&mut self) -> Result<Details, Error> {
+        match self.request(Request::Details).await {
+            Ok(Response::Supervisor(status)) => Ok(Details::Supervisor(status)),
+            Ok(Response::Status(status)) => Ok(Details::Service(status)),
+            Ok(other) => Err(unexpected(Request::Details, &other)),
+            Err(Error::Refused { kind: ErrorKind::Malformed, .. }) => {
+                let mut again = Client::connect_with(&self.path, &self.config).await?;
+                again.set_timeout(self.timeout);
+                again.status().await.map(Details::Service)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Asks a supervisor to stop the service and waits up to `timeout` until it has: the main
+    /// pid that was stopped (`None` if none ran). A service's own socket refuses
+    /// ([`Error::Refused`] with [`ErrorKind::Unsupported`]).
+    pub async fn stop(&mut self, timeout: Duration) -> Result<Option<u32>, Error> {
+        match self.exchange(Request::Stop, timeout).await? {
+            Response::Stopped { pid } => Ok(pid),
+            other => Err(unexpected(Request::Stop, &other)),
         }
     }
 
@@ -158,6 +188,16 @@ impl Client {
             }
         }
     }
+}
+
+/// The answer to [`Client::details`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Details {
+    /// A service's own socket: its plain status.
+    Service(Status),
+    /// A supervisor's socket.
+    Supervisor(SupervisorStatus),
 }
 
 fn unexpected(request: Request, response: &Response) -> Error {

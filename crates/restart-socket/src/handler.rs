@@ -1,8 +1,9 @@
 //! The narrow traits a service implements: how to restart, and what to report as its status.
 
 use std::future::Future;
+use std::pin::Pin;
 
-use crate::wire::Status;
+use crate::wire::{Status, SupervisorStatus};
 
 /// Performs a restart when asked over the socket (or by SIGUSR1): typically a zero-downtime
 /// handover to a new process.
@@ -62,4 +63,19 @@ where
     fn status(&self) -> impl Future<Output = Status> + Send {
         self()
     }
+}
+
+/// A boxed future, for [`SupervisorHandler`] (which is used as a trait object).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a supervisor serves beyond restarts and the plain status
+/// ([`Server::serve_supervisor`](crate::Server::serve_supervisor)): its detailed status
+/// ([`Request::Details`](crate::Request::Details)) and stops
+/// ([`Request::Stop`](crate::Request::Stop)).
+pub trait SupervisorHandler: Send + Sync + 'static {
+    /// The detailed status.
+    fn details(&self) -> BoxFuture<'_, SupervisorStatus>;
+    /// Stops the service; resolves once it has stopped, with the main pid that was stopped
+    /// (`None` if none ran), or why it cannot.
+    fn stop(&self) -> BoxFuture<'_, Result<Option<u32>, String>>;
 }

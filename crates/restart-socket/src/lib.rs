@@ -89,11 +89,11 @@ mod server;
 mod sys;
 pub mod wire;
 
-pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT};
+pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT, Details};
 pub use error::Error;
-pub use handler::{RestartHandler, StatusProvider};
+pub use handler::{BoxFuture, RestartHandler, StatusProvider, SupervisorHandler};
 pub use server::{ListenerHandle, RESTART_IN_PROGRESS, Server, ServerConfig};
-pub use wire::{ErrorKind, Request, Response, Status, unix_millis};
+pub use wire::{ErrorKind, Request, Response, Status, SupervisorState, SupervisorStatus, unix_millis};
 
 /// Re-exported so that a server can be stopped without a direct `tokio-util` dependency.
 pub use tokio_util::sync::CancellationToken;

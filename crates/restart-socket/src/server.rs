@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::Error;
-use crate::handler::{RestartHandler, StatusProvider};
+use crate::handler::{RestartHandler, StatusProvider, SupervisorHandler};
 use crate::sys::{self, FileId};
 use crate::wire::{self, ErrorKind, ReadError, Request, Response};
 
@@ -285,12 +285,46 @@ impl Server {
         R: RestartHandler,
         S: StatusProvider,
     {
+        self.serve_inner(restart, status, None, shutdown).await
+    }
+
+    /// [`serve`](Server::serve) for a supervisor (`lifeline supervise --control`): besides
+    /// restarts and the plain status, `supervisor` answers [`Request::Details`] with a
+    /// [`SupervisorStatus`](crate::wire::SupervisorStatus) and takes [`Request::Stop`].
+    /// (A server started with [`serve`](Server::serve) answers `Details` with its plain
+    /// status and refuses `Stop` with [`ErrorKind::Unsupported`].)
+    pub async fn serve_supervisor<R, S>(
+        self,
+        restart: R,
+        status: S,
+        supervisor: impl SupervisorHandler,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error>
+    where
+        R: RestartHandler,
+        S: StatusProvider,
+    {
+        self.serve_inner(restart, status, Some(Arc::new(supervisor)), shutdown).await
+    }
+
+    async fn serve_inner<R, S>(
+        self,
+        restart: R,
+        status: S,
+        supervisor: Option<Arc<dyn SupervisorHandler>>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error>
+    where
+        R: RestartHandler,
+        S: StatusProvider,
+    {
         let socket = self.inner.socket.try_clone().map_err(|source| Error::Dup { source })?;
         let listener = UnixListener::from_std(socket).map_err(|source| Error::Dup { source })?;
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
             restart: Arc::new(restart),
             status,
+            supervisor,
             restarting: Arc::new(AtomicBool::new(false)),
             config: self.config.clone(),
             own_uid: nix::unistd::geteuid().as_raw(),
@@ -365,6 +399,7 @@ fn catch_sigusr1(config: &ServerConfig) -> Result<Option<Signal>, Error> {
 struct Shared<R, S> {
     restart: Arc<R>,
     status: S,
+    supervisor: Option<Arc<dyn SupervisorHandler>>,
     restarting: Arc<AtomicBool>,
     config: ServerConfig,
     own_uid: u32,
@@ -497,6 +532,20 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
     async fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(self.status.status().await),
+            Request::Details => match &self.supervisor {
+                Some(supervisor) => Response::Supervisor(supervisor.details().await),
+                None => Response::Status(self.status.status().await),
+            },
+            Request::Stop => match &self.supervisor {
+                Some(supervisor) => match supervisor.stop().await {
+                    Ok(pid) => Response::Stopped { pid },
+                    Err(message) => Response::Error { kind: ErrorKind::Unsupported, message },
+                },
+                None => Response::Error {
+                    kind: ErrorKind::Unsupported,
+                    message: "this server takes no stop requests (stop the service itself)".to_owned(),
+                },
+            },
             Request::Restart => match self.restart("control socket").await {
                 Ok(pid) => Response::RestartComplete { pid },
                 Err(reason) => Response::RestartFailed { reason },

@@ -37,6 +37,15 @@ pub enum Request {
     Restart,
     /// Report the service's status; answered with [`Response::Status`].
     Status,
+    /// Report the status in detail; a supervisor (`lifeline supervise --control`) answers
+    /// [`Response::Supervisor`], any other server [`Response::Status`]. Added after version 1's
+    /// first release, compatibly: a server that predates it answers an error frame
+    /// ([`ErrorKind::Malformed`]), and a client then asks for [`Request::Status`].
+    Details,
+    /// Stop the service; answered with [`Response::Stopped`] once it has stopped, or
+    /// [`ErrorKind::Unsupported`] by a server that takes no stop requests. Added compatibly like
+    /// [`Request::Details`].
+    Stop,
 }
 
 impl Request {
@@ -45,6 +54,8 @@ impl Request {
         match self {
             Request::Restart => "restart",
             Request::Status => "status",
+            Request::Details => "details",
+            Request::Stop => "stop",
         }
     }
 }
@@ -64,6 +75,75 @@ pub struct Status {
     pub last_restart: Option<u64>,
 }
 
+/// What a supervisor is doing, in [`SupervisorStatus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SupervisorState {
+    /// The service's main process runs.
+    Running,
+    /// Waiting out a restart delay.
+    BackingOff,
+    /// Stopping the service.
+    Stopping,
+    /// Supervision has ended.
+    Finished,
+}
+
+/// A supervisor's detailed status (`lifeline supervise --control`): the answer to
+/// [`Request::Details`]. Times are unix-epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SupervisorStatus {
+    /// The service's current main pid; `None` while none runs (backing off, stopped).
+    pub pid: Option<u32>,
+    /// How many processes have been the service's main process: starts, handovers and
+    /// rollbacks each count one.
+    pub generation: u64,
+    /// When the current main process began (its start, adoption, or becoming the main one).
+    pub since: Option<u64>,
+    /// When the last restart or handover happened; `None` before the first.
+    pub last_restart: Option<u64>,
+    /// The supervisor's own pid.
+    pub supervisor_pid: u32,
+    /// When the supervisor started.
+    pub supervisor_started_at: u64,
+    /// What it is doing.
+    pub state: SupervisorState,
+    /// Whether the main process is ready (its `READY=1`, its probes).
+    pub ready: bool,
+    /// How many times the command was started again (starts after the first).
+    pub restarts: u32,
+    /// How the last main process ended, in words (`exited with code 1`, `killed by SIGKILL`).
+    pub last_exit: Option<String>,
+    /// While backing off: when the next start is due.
+    pub backoff_until: Option<u64>,
+    /// Previous main processes still draining after a handover.
+    pub retired: Vec<u32>,
+    /// How many times a previous main process took the service back (a rollback).
+    pub rollbacks: u32,
+    /// The service's last `STATUS=` text.
+    pub text: Option<String>,
+}
+
+impl SupervisorStatus {
+    /// Whether the service is up: running and ready. `lifeline status` exits 0 for it, 3 for a
+    /// supervisor whose service is not (a health check's answer).
+    pub fn is_up(&self) -> bool {
+        self.state == SupervisorState::Running && self.ready && self.pid.is_some()
+    }
+
+    /// The plain [`Status`] for a [`Request::Status`]: the main pid (0 while none runs), the
+    /// generation, since when it runs (or the supervisor's start), the last restart.
+    pub fn plain(&self) -> Status {
+        Status {
+            pid: self.pid.unwrap_or(0),
+            generation: self.generation,
+            started_at: self.since.unwrap_or(self.supervisor_started_at),
+            last_restart: self.last_restart,
+        }
+    }
+}
+
 /// Why the server refused a request; carried in [`Response::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -80,6 +160,8 @@ pub enum ErrorKind {
     Busy,
     /// The peer did not send a complete request in time.
     Timeout,
+    /// This server does not take this request (a [`Request::Stop`] to a service's own socket).
+    Unsupported,
 }
 
 impl fmt::Display for ErrorKind {
@@ -91,6 +173,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::Busy => "busy",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Unsupported => "unsupported request",
         })
     }
 }
@@ -117,6 +200,13 @@ pub enum Response {
         kind: ErrorKind,
         /// A one-line explanation.
         message: String,
+    },
+    /// The answer of a supervisor to [`Request::Details`].
+    Supervisor(SupervisorStatus),
+    /// The answer to [`Request::Stop`]: the service has stopped; `pid` was its main process.
+    Stopped {
+        /// The main pid that was stopped; `None` if none ran.
+        pid: Option<u32>,
     },
 }
 

@@ -430,20 +430,24 @@ fn stop(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A program that knows nothing of lifeline under `lifeline supervise --notify`: systemd sees the
-/// unit active with the supervisor as `MainPID`; the program runs as the supervisor's child in the
-/// unit's cgroup, named by the pid file, and its READY=1 went through the supervisor's notify
-/// socket; a stop ends both.
+/// A program that knows nothing of lifeline under `lifeline supervise --notify`, `Type=notify`:
+/// `systemctl start` returns only once the program is ready (its READY=1 went through the
+/// supervisor's notify socket, and the supervisor told systemd); systemd sees the supervisor as
+/// `MainPID` and its `STATUS=`; the program runs as the supervisor's child in the unit's cgroup,
+/// named by the pid file, without systemd's notify socket; a stop ends both.
 fn supervise(ctx: &Ctx) -> anyhow::Result<()> {
-    let supervisor = Ctx::start(&[SUPERVISED], SUPERVISED)?;
+    systemctl_ok(&["start", SUPERVISED])?;
+    // `systemctl start` of a Type=notify unit returns after READY=1: the program's own READY=1
+    // has gone through by then (it writes "ok" once its sd_notify returned).
+    let done = std::fs::read_to_string(&ctx.d.daemon_done).unwrap_or_default();
+    ensure!(done.trim() == "ok", "systemctl start returned before the program was ready: {done:?}");
+    let supervisor = main_pid(SUPERVISED)?;
+    let status = property(SUPERVISED, "StatusText")?;
+    ensure!(status.contains("ready"), "the supervisor's STATUS= did not reach systemd: {status:?}");
     let control_group = property(SUPERVISED, "ControlGroup")?;
     let cmdline = std::fs::read(format!("/proc/{supervisor}/cmdline"))?;
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     ensure!(cmdline.contains(" supervise "), "MainPID {supervisor} is not the supervisor: {cmdline}");
-    let done = wait_until("the program's READY=1 to go through", PATIENCE, || {
-        Ok(std::fs::read_to_string(&ctx.d.daemon_done).ok())
-    })?;
-    ensure!(done.trim() == "ok", "the program's sd_notify: {done}");
     let program: u32 = wait_until("the pid file", PATIENCE, || {
         Ok(std::fs::read_to_string(DAEMON_PIDFILE).ok().and_then(|t| t.trim().parse().ok()))
     })?;
@@ -456,12 +460,25 @@ fn supervise(ctx: &Ctx) -> anyhow::Result<()> {
         ppid == supervisor,
         "the program {program} is the child of {ppid}, not of the supervisor {supervisor}"
     );
+    // systemd's NOTIFY_SOCKET is the supervisor's, never the program's: the program's is the
+    // supervisor's own socket (a lifeline-notify-* directory).
+    let environ = std::fs::read(format!("/proc/{program}/environ"))?;
+    let socket = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default();
+    ensure!(socket.contains("lifeline-notify-"), "the program's NOTIFY_SOCKET is {socket:?}");
     let members = unit_processes(&control_group);
     let mut expected = vec![supervisor, program];
     expected.sort_unstable();
     ensure!(members == expected, "processes of {control_group}: {members:?}, expected {expected:?}");
     let kind = property(SUPERVISED, "Type")?;
-    println!("supervise: Type={kind}, MainPID={supervisor} (the supervisor), program {program} ready");
+    ensure!(kind == "notify", "Type={kind}");
+    println!(
+        "supervise: Type={kind}, start waited for readiness, MainPID={supervisor} (the supervisor), \
+         STATUS={status:?}, program {program} ready"
+    );
     systemctl_ok(&["stop", SUPERVISED])?;
     let props = show(SUPERVISED, &["ActiveState", "Result"])?;
     ensure!(props["ActiveState"] == "inactive" && props["Result"] == "success", "{props:?}");

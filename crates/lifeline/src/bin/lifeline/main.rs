@@ -26,7 +26,7 @@ enum Command {
     /// Hold every DIR's lock while CMD runs; exit with CMD's status (75 if a DIR is held elsewhere).
     Lock(lock::Args),
     /// Run CMD and keep it running; SIGTERM/SIGINT stop it gracefully.
-    Supervise(supervise::Args),
+    Supervise(Box<supervise::Args>),
     /// Certificate tools.
     #[command(subcommand)]
     Cert(cert::Command),
@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Lock(args) => lock::run(args),
-        Command::Supervise(args) => supervise::run(args),
+        Command::Supervise(args) => supervise::run(*args),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Restart(args) => control::restart(args),
         Command::Status(args) => control::status(args),

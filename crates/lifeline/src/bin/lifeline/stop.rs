@@ -28,6 +28,10 @@ pub(crate) struct Args {
     /// `TimeoutStopSec=` bounds an `ExecStop=` command).
     #[arg(long, value_parser = crate::args::parse_duration)]
     timeout: Option<Duration>,
+    /// Instead of a PID: ask the supervisor serving this control socket (`lifeline supervise
+    /// --control`) to stop its service; exit 0 once it has.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["pid", "signal"])]
+    socket: Option<std::path::PathBuf>,
     /// The process to stop (in a unit: `$MAINPID`, which is empty when there is no main process
     /// any more: then there is nothing to do).
     pid: Option<u32>,
@@ -36,6 +40,9 @@ pub(crate) struct Args {
 /// Exit 0 once the process has exited (or when there is none), 1 when it still runs after
 /// `--timeout`.
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    if let Some(socket) = &args.socket {
+        return crate::control::stop(socket, args.timeout);
+    }
     let signal: Signal = args.signal.parse()?;
     let Some(pid) = args.pid else { return Ok(ExitCode::SUCCESS) };
     if pid <= 1 || i32::try_from(pid).is_err() {

@@ -4,19 +4,32 @@
 //! supervisor adopts it (instead of starting a second instance) after this one was killed, and
 //! `--die-with-supervisor` makes the service go down with the supervisor instead, and
 //! `--start-timeout` restarts a `--notify` service that never sends `READY=1`.
+//!
+//! Issue 16 and 12 added: retired generations under control (`--drain-deadline`,
+//! `--max-retired`), rollbacks followed (`--rollback-grace`), readiness for s6/dinit
+//! (`--ready-fd`), the supervisor's own control socket (`--control`, `--handover-signal`), its
+//! own service manager told `READY=1`/`STATUS=`/`STOPPING=1` and its watchdog fed (when
+//! `NOTIFY_SOCKET` is set), and a container-init mode (`--init`, or automatically as PID 1).
+
+mod control;
+mod manager;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use dirlock::{DirLock, LockOptions};
 use keepalive::{
-    Backoff, Command, Config, Error, Finished, Lifetime, Notify, Readiness, RestartOn, Signal, Snapshot,
-    StopOutcome, Supervised, Supervisor,
+    Backoff, Command, Config, Error, ExitStatus, Finished, Lifetime, Notify, Readiness, RestartMethod,
+    RestartOn, Signal, Snapshot, StopOutcome, Supervised, Supervisor,
 };
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use control::{ControlServer, StopReply};
+use manager::Manager;
 
 /// Exit status when another supervisor holds the state file (`EX_TEMPFAIL`, as `lifeline lock`).
 const EXIT_LOCKED: u8 = 75;
@@ -51,8 +64,10 @@ pub(crate) struct Args {
     #[arg(long, value_parser = crate::args::parse_duration, requires = "max_failures")]
     within: Option<Duration>,
     /// Which exits are restarted: every exit (a service runs forever), only failures, or none.
-    #[arg(long, value_enum, default_value_t = Restart::Always)]
-    restart: Restart,
+    /// Default: always; with --init, never (tini's behaviour: the container's exit is the
+    /// service's).
+    #[arg(long, value_enum)]
+    restart: Option<Restart>,
     /// Keep a snapshot of the service in FILE (JSON, replaced atomically); on start, adopt the
     /// process it names if it still runs (same boot, pid, start time and uid) instead of starting
     /// CMD. A stale snapshot is ignored; a FILE that is a symlink, not ours (or root's), or
@@ -64,10 +79,67 @@ pub(crate) struct Args {
     /// service keeps running, for a new supervisor to adopt with --state).
     #[arg(long)]
     die_with_supervisor: bool,
+    /// Stop a previous main process (retired by a MAINPID= handover) still draining this long
+    /// after it was retired: --stop-signal to it (and its process group), SIGKILL after --grace.
+    /// HAProxy's `hard-stop-after`. Default: let it drain for as long as it takes.
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    drain_deadline: Option<Duration>,
+    /// At most N retired main processes may run at once: a handover beyond that stops the
+    /// oldest (as at --drain-deadline). HAProxy's `mworker-max-reloads` (the oldest worker is
+    /// ended; the reload itself is never refused). Default: no cap.
+    #[arg(long, value_name = "N")]
+    max_retired: Option<usize>,
+    /// After the main process exits, how long a retired process still running may take the
+    /// service back (MAINPID= naming itself: a predecessor in its rollback window) before the
+    /// exit counts as a crash and the command is restarted. Only waited while a retired process
+    /// runs.
+    #[arg(long, value_parser = crate::args::parse_duration, default_value = "2s")]
+    rollback_grace: Duration,
+    /// Write a newline to file descriptor N once the service is ready, then close it: s6's
+    /// `notification-fd` and dinit's `ready-notification = pipefd:N`. N must be open and 3 or
+    /// more; the service does not inherit it.
+    #[arg(long, value_name = "N")]
+    ready_fd: Option<i32>,
+    /// Serve a control socket (mode 0600, our uid only) at SOCKET: `lifeline status --socket`
+    /// (exit 0 when the service runs and is ready, 3 when not), `lifeline restart --socket` and
+    /// `lifeline stop --socket` — supervisorctl's status, restart and stop.
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+    /// With --notify: a restart through --control sends SIG to the main process and waits for
+    /// its zero-downtime handover (MAINPID= naming a ready successor), for services that restart
+    /// themselves on a signal (`lifeline::service` does on SIGHUP). Without it a restart stops
+    /// the service and starts it again, as `systemctl restart` does.
+    #[arg(long, value_name = "SIG", requires = "notify")]
+    handover_signal: Option<String>,
+    /// A startup, readiness or liveness probe (repeat for each; at most one of each role), for
+    /// programs that speak no notify protocol — Kubernetes' probes: `ROLE[,KEY=VALUE…]:TARGET`,
+    /// e.g. `startup:http://127.0.0.1:8080/healthz`,
+    /// `liveness,interval=5s,timeout=1s,failures=3:http://127.0.0.1:8080/healthz`,
+    /// `readiness,status=200-299:https://localhost:8443/ready` (certificate not verified),
+    /// `liveness:tcp:127.0.0.1:5432`, `readiness:exec:/usr/local/bin/check --quick` (no shell).
+    /// A failed startup probe fails the start (backoff applies), a failed liveness probe restarts
+    /// the program, a failed readiness probe makes it not ready.
+    #[arg(long = "probe", value_name = "PROBE", value_parser = parse_probe)]
+    probes: Vec<keepalive::Probe>,
+    /// Container-init mode, as tini (chosen automatically when lifeline runs as PID 1): every
+    /// orphan is reaped; SIGTERM and SIGINT stop the service with that signal, SIGHUP, SIGUSR1,
+    /// SIGUSR2 and SIGWINCH are forwarded to it; lifeline exits with the service's status (128+N
+    /// when a signal N ended it). --restart defaults to never.
+    #[arg(long)]
+    init: bool,
     /// The command to supervise.
     #[arg(last = true, required = true)]
     cmd: Vec<String>,
 }
+
+/// How long a restart through --control waits for the new main process to be ready, unless
+/// --start-timeout says otherwise: shorter than `lifeline restart`'s default wait (60 s), so
+/// that its reason reaches the client.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// Exit status of `lifeline supervise --init` for a service whose status is unknown (it was not
+/// our child) or that survived SIGKILL.
+const EXIT_UNKNOWN: u8 = 1;
 
 /// `--restart` values.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -77,20 +149,27 @@ enum Restart {
     Never,
 }
 
-pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(mut args: Args) -> anyhow::Result<ExitCode> {
     let stop_signal = crate::args::parse_signal(&args.stop_signal)?;
+    // PID 1 (a container's entrypoint) must reap orphans and pass signals on: init mode.
+    args.init |= std::process::id() == 1;
     // One thread: a supervisor spends its life asleep in epoll; this keeps it small.
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     runtime.block_on(supervise(args, stop_signal))
 }
 
-async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> {
-    let mut policy = Backoff::default().with_restart(match args.restart {
+/// The restart policy and the supervisor's configuration the flags ask for.
+fn policy_and_config(args: &Args, stop_signal: Signal) -> anyhow::Result<(Backoff, Config)> {
+    let restart = args.restart.unwrap_or(if args.init { Restart::Never } else { Restart::Always });
+    let mut policy = Backoff::default().with_restart(match restart {
         Restart::Always => RestartOn::Always,
         Restart::OnFailure => RestartOn::Failure,
         Restart::Never => RestartOn::Never,
     });
+    if args.max_retired == Some(0) {
+        bail!("--max-retired 0: a handover always retires one process; use 1 or more");
+    }
     if let (Some(failures), Some(within)) = (args.max_failures, args.within) {
         policy = policy.with_give_up(failures, within);
     }
@@ -115,8 +194,23 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
         // This process exists only for the service: every child is its, every one is reaped
         // (also orphans that called setsid()), and a stop ends only when none is left.
         dedicated: true,
+        drain_deadline: args.drain_deadline,
+        max_retired: args.max_retired,
+        rollback_grace: args.rollback_grace,
+        probes: args.probes.clone(),
+        // HTTPS probes: this program's choice of provider (the library never picks one).
+        probe_tls_provider: Some(std::sync::Arc::new(rustls::crypto::ring::default_provider())),
         ..Config::default()
     };
+    Ok((policy, config))
+}
+
+async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> {
+    let (policy, config) = policy_and_config(&args, stop_signal)?;
+    let handover_signal = args.handover_signal.as_deref().map(crate::args::parse_signal).transpose()?;
+    // Our own service manager (systemd's NOTIFY_SOCKET, s6's --ready-fd): checked before anything
+    // starts, so a bad --ready-fd is a usage error with nothing left running.
+    let mut manager = Manager::new(args.ready_fd)?;
     let (program, rest) = args.cmd.split_first().context("no command given")?;
     let command = Command::new(program.clone()).args(rest.iter().cloned());
     let display = command.display();
@@ -136,20 +230,56 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
     let mut hup = signal(SignalKind::hangup())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
+    // Only a container's init passes SIGWINCH on (a terminal resized); otherwise it is ignored.
+    let mut winch = if args.init { Some(signal(SignalKind::window_change())?) } else { None };
 
     let supervisor = || Supervisor::new(command.clone()).config(config.clone()).policy(policy.clone());
     let mut supervised = match &args.state {
         Some(state) => adopt_or_spawn(state, supervisor, &display, args.die_with_supervisor)?,
         None => supervisor().spawn()?,
     };
-    loop {
+    let mut status = supervised.status_watch();
+    manager.on_status(&status.current());
+    let (stop_requests, mut stops) = mpsc::channel::<StopReply>(16);
+    let control = match &args.control {
+        Some(path) => {
+            let method = handover_signal.map_or(RestartMethod::StopStart, RestartMethod::Handover);
+            let timeout = args.start_timeout.unwrap_or(RESTART_TIMEOUT);
+            let started =
+                ControlServer::start(path, &supervised.controller(), method, timeout, stop_requests);
+            match started {
+                Ok(server) => Some(server),
+                // Nothing may be left running when we fail.
+                Err(err) => return supervised.stop().await.map_err(anyhow::Error::from).and(Err(err)),
+            }
+        }
+        None => None,
+    };
+    let mut ping = manager.ping_interval().map(tokio::time::interval);
+    let mut stop_replies: Vec<StopReply> = Vec::new();
+    let code = loop {
         let action = tokio::select! {
             finished = supervised.wait() => Action::Finished(finished),
-            _ = term.recv() => Action::Stop,
-            _ = int.recv() => Action::Stop,
+            _ = term.recv() => Action::Stop(Signal::TERM),
+            _ = int.recv() => Action::Stop(Signal::INT),
             _ = hup.recv() => Action::Forward(Signal::HUP),
             _ = usr1.recv() => Action::Forward(Signal::USR1),
             _ = usr2.recv() => Action::Forward(Signal::USR2),
+            Some(()) = next_signal(winch.as_mut()) => Action::Forward(Signal::WINCH),
+            Some(reply) = stops.recv() => {
+                stop_replies.push(reply);
+                Action::Stop(stop_signal)
+            }
+            changed = status.changed() => {
+                if let Some(now) = changed {
+                    manager.on_status(&now);
+                }
+                continue;
+            }
+            () = tick(ping.as_mut()) => {
+                manager.ping();
+                continue;
+            }
         };
         match action {
             Action::Forward(sig) => {
@@ -158,28 +288,88 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
                     crate::say!("lifeline: cannot forward {sig}: {err}");
                 }
             }
-            Action::Stop => {
-                // A stop that needed SIGKILL is still a stop: the service is gone, exit 0 (the
-                // library has logged a warning). Exit 0 means nothing of it is left running.
-                match supervised.stop().await? {
-                    StopOutcome::Stuck { survivors, .. } => {
-                        let pids: Vec<String> = survivors.iter().map(u32::to_string).collect();
-                        anyhow::bail!(
-                            "stopped `{display}`, but pid {} survived SIGKILL (uninterruptible sleep?)",
-                            pids.join(", ")
-                        )
-                    }
-                    _ => return Ok(ExitCode::SUCCESS),
+            Action::Stop(received) => {
+                manager.stopping();
+                let main = supervised.pid();
+                // In init mode the signal we got is the one the service gets (SIGINT stays
+                // SIGINT, as tini forwards it); otherwise the configured --stop-signal.
+                let outcome =
+                    if args.init { supervised.stop_with(received).await? } else { supervised.stop().await? };
+                for reply in stop_replies.drain(..) {
+                    let _ = reply.send(Ok(main));
                 }
+                break stopped(outcome, args.init, &display);
+            }
+            Action::Finished(Finished::GaveUp { last, .. } | Finished::Done { last }) if args.init => {
+                break Ok(init_exit_code(last));
             }
             Action::Finished(Finished::GaveUp { reason, last }) => {
-                anyhow::bail!("gave up on `{display}`: {reason}; last exit: {last}")
+                break Err(anyhow::anyhow!("gave up on `{display}`: {reason}; last exit: {last}"));
             }
-            Action::Finished(Finished::Done { .. }) => return Ok(ExitCode::SUCCESS),
+            Action::Finished(Finished::Done { .. }) => break Ok(ExitCode::SUCCESS),
             Action::Finished(other) => {
-                anyhow::bail!("supervisor of `{display}` ended unexpectedly: {other:?}")
+                break Err(anyhow::anyhow!("supervisor of `{display}` ended unexpectedly: {other:?}"));
             }
         }
+    };
+    if let Some(control) = control {
+        // The answers to stops go out before the socket file is removed.
+        control.close().await;
+    }
+    code
+}
+
+/// `--probe` for clap: one line on a mistake.
+fn parse_probe(text: &str) -> Result<keepalive::Probe, String> {
+    text.parse::<keepalive::Probe>().map_err(|err| err.reason)
+}
+
+/// How `lifeline supervise` exits after a stop. A stop that needed SIGKILL is still a stop: the
+/// service is gone, exit 0 (the library has logged a warning); exit 0 means nothing of it is left
+/// running. In init mode: the service's status.
+fn stopped(outcome: StopOutcome, init: bool, display: &str) -> anyhow::Result<ExitCode> {
+    match outcome {
+        StopOutcome::Stuck { survivors, .. } => {
+            let pids: Vec<String> = survivors.iter().map(u32::to_string).collect();
+            bail!(
+                "stopped `{display}`, but pid {} survived SIGKILL (uninterruptible sleep?)",
+                pids.join(", ")
+            )
+        }
+        StopOutcome::Exited { status, .. } | StopOutcome::Killed { status, .. } if init => {
+            Ok(init_exit_code(status))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// The exit status of `lifeline supervise --init` for the service's: its code, or 128+N for a
+/// signal N (the shell's and tini's convention).
+fn init_exit_code(status: ExitStatus) -> ExitCode {
+    match status {
+        ExitStatus::Code(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_UNKNOWN)),
+        ExitStatus::Signaled { signal, .. } => {
+            ExitCode::from(u8::try_from(128 + signal.as_raw()).unwrap_or(EXIT_UNKNOWN))
+        }
+        _ => ExitCode::from(EXIT_UNKNOWN),
+    }
+}
+
+/// The next delivery of an optional signal; never without one.
+async fn next_signal(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick of an optional interval; never without one.
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -256,6 +446,7 @@ fn adopt_or_spawn(
 
 enum Action {
     Finished(Finished),
-    Stop,
+    /// Stop, on this signal (or a stop request: the --stop-signal).
+    Stop(Signal),
     Forward(Signal),
 }
