@@ -96,6 +96,11 @@
 //!   truncated write that happens to leave a complete leaf and a matching key is a valid pair.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(not(unix))]
+compile_error!(
+    "certwatch needs a Unix system: it reads certificate files through O_NONBLOCK descriptors checked with fstat"
+);
+
 mod check;
 mod client_ca;
 mod config;
