@@ -31,6 +31,9 @@ enum Command {
     Bench(bench::Args),
     /// The cross-crate fault-injection suite.
     Fault(fault::Args),
+    /// Install what `ci` needs and a fresh machine lacks (`ci` does this first), or with
+    /// --no-install only say how to get it.
+    Tools(tools::Args),
     /// The `lifeline` CLI's man pages, in target/man.
     Man(generate::Args),
     /// The `lifeline` CLI's shell completions (bash, zsh, fish, elvish, PowerShell), in target/completions.
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fault(args) => fault::run(&args),
+        Command::Tools(args) => tools::ensure(!args.no_install),
         Command::Man(args) => generate::man(&args),
         Command::Completions(args) => generate::completions(&args),
     };

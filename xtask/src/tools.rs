@@ -11,6 +11,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 
+/// Arguments of `cargo xtask tools`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Only say, one line each, how to get what is missing.
+    #[arg(long)]
+    pub(crate) no_install: bool,
+}
+
 /// A system program the tests or benchmarks run, and the Debian package that ships it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Peer {
