@@ -52,7 +52,7 @@ fn exit_table() -> Vec<(String, String)> {
     for line in table.lines().take_while(|l| !l.is_empty()) {
         match line[2..].split_once("  ") {
             Some((code, meaning)) if !code.trim().is_empty() => {
-                rows.push((code.trim().to_owned(), meaning.trim().to_owned()))
+                rows.push((code.trim().to_owned(), meaning.trim().to_owned()));
             }
             _ => {
                 let meaning = &mut rows.last_mut().unwrap().1;
