@@ -37,7 +37,7 @@ pub fn workspace_binary(relative: &str) -> PathBuf {
     }
     let nested = target_dir().join("nested-build");
     let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "-p", "lifeline", "--features", "cli,full", "--bins", "--examples"])
+        .args(["build", "-p", "lifeline-kit", "--features", "cli,full", "--bins", "--examples"])
         .env("CARGO_TARGET_DIR", &nested)
         .status()
         .expect("run cargo build");

@@ -136,10 +136,10 @@ fn every_member_uses_the_workspace_lints() {
         root().join("tests/Cargo.toml"),
         root().join("xtask/Cargo.toml"),
         root().join("bench/Cargo.toml"),
+        root().join("tests/app-aws-lc-rs/Cargo.toml"),
+        root().join("tests/app-ring/Cargo.toml"),
     ];
-    for entry in std::fs::read_dir(root().join("crates")).expect("crates/").flatten() {
-        manifests.push(entry.path().join("Cargo.toml"));
-    }
+    manifests.extend(published_crates().iter().map(|dir| dir.join("Cargo.toml")));
     let offenders: Vec<String> = manifests
         .iter()
         .filter(|m| {
@@ -149,6 +149,60 @@ fn every_member_uses_the_workspace_lints() {
         .map(|m| rel(m))
         .collect();
     assert!(offenders.is_empty(), "members without `[lints] workspace = true`: {offenders:#?}");
+}
+
+/// The directories of the crates published to crates.io (everything under `crates/`).
+fn published_crates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(root().join("crates")).expect("crates/").flatten().map(|e| e.path()).collect();
+    dirs.sort();
+    dirs
+}
+
+/// What a crate needs on crates.io and docs.rs: both license files (copies of the root's, not
+/// links: `cargo package` must ship them), a changelog, its own keywords and categories, and
+/// docs built for the one target it supports.
+#[test]
+fn every_published_crate_is_ready_to_package() {
+    let mut problems = Vec::new();
+    for license in ["LICENSE-MIT", "LICENSE-APACHE"] {
+        let expected = std::fs::read(root().join(license)).expect("root license file");
+        for dir in published_crates() {
+            let path = dir.join(license);
+            let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_file());
+            if !is_file || std::fs::read(&path).ok().as_ref() != Some(&expected) {
+                problems.push(format!("{}: not a copy of the root's {license}", rel(&path)));
+            }
+        }
+    }
+    for dir in published_crates() {
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("read manifest");
+        if !dir.join("CHANGELOG.md").is_file() {
+            problems.push(format!("{}: no CHANGELOG.md", rel(&dir)));
+        }
+        // keepalive still inherits the workspace's (its manifest is being changed elsewhere).
+        if !dir.ends_with("keepalive") {
+            for (field, wanted) in [
+                ("keywords = [", "its own keywords"),
+                ("categories = [", "its own categories"),
+                ("targets = [\"x86_64-unknown-linux-gnu\"]", "docs.rs limited to Linux"),
+            ] {
+                if !manifest.contains(field) {
+                    problems.push(format!("{}: {wanted}", rel(&dir.join("Cargo.toml"))));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
+/// dirlock is a synchronous library: it must not pull an async runtime into its users' builds.
+#[test]
+fn dirlock_does_not_depend_on_tokio() {
+    let manifest = std::fs::read_to_string(root().join("crates/dirlock/Cargo.toml")).expect("read manifest");
+    let normal = manifest.split("\n[dependencies]\n").nth(1).expect("[dependencies]");
+    let normal = normal.split("\n[").next().unwrap_or_default();
+    assert!(!normal.contains("tokio"), "dirlock's [dependencies] name tokio:\n{normal}");
 }
 
 fn lines_containing(needle: &str) -> Vec<String> {

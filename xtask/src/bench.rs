@@ -72,7 +72,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "--profile",
             profile,
             "-p",
-            "lifeline",
+            "lifeline-kit",
             "--features",
             "cli,full",
             "--bin",

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::project_root;
+use crate::{project_root, tools};
 
 /// Arguments of `cargo xtask ci`.
 #[derive(Debug, clap::Args)]
@@ -13,14 +13,20 @@ pub(crate) struct Args {
     /// Skip the slow parts that only re-check what the tests already cover (per-crate builds).
     #[arg(long)]
     quick: bool,
+    /// Do not install missing tools (cargo-nextest, cargo-deny, the Debian packages the tests
+    /// drive): only say, one line each, how to get them.
+    #[arg(long)]
+    no_install: bool,
 }
 
 /// The library crates, each of which must build alone with no and with all features.
 const LIBRARY_CRATES: &[&str] =
-    &["dirlock", "certwatch", "restart-socket", "handover", "keepalive", "lifeline"];
+    &["dirlock", "certwatch", "restart-socket", "handover", "keepalive", "lifeline-kit"];
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let total = Instant::now();
+    // A fresh machine has only the toolchain: what the steps below need is installed first.
+    crate::tools::ensure(!args.no_install)?;
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let mut step = |name: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
         println!("\n==> {name}");
@@ -83,8 +89,13 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The application-shaped crates that prove certwatch leaves the crypto provider to the
+/// application. Each is built and tested alone: in a build of the whole workspace cargo unifies
+/// rustls' features across members, and two providers are as ambiguous to rustls as none.
+pub(crate) const APP_CRATES: &[&str] = &["lifeline-app-aws-lc-rs", "lifeline-app-ring"];
+
 /// Tests of the whole workspace: nextest when installed (doc tests separately, which nextest
-/// cannot run), else `cargo test`.
+/// cannot run), else `cargo test`; then each of [`APP_CRATES`] alone.
 ///
 /// Tests that need root are `#[ignore = "needs root"]`: as root they run too (and assert), as
 /// another user they are reported as skipped, never counted as passed.
@@ -93,28 +104,51 @@ fn run_tests() -> anyhow::Result<()> {
     if !root {
         println!("not running as root: the tests marked `needs root` are reported as skipped");
     }
-    if has_cargo_subcommand("nextest") {
+    let mut excludes = Vec::new();
+    for app in APP_CRATES {
+        excludes.extend(["--exclude", app]);
+    }
+    let nextest = tools::has_cargo_subcommand("nextest");
+    if nextest {
         let ignored = if root { "all" } else { "default" };
-        cargo(
-            &["nextest", "run", "--workspace", "--all-features", "--no-fail-fast", "--run-ignored", ignored],
-            &[],
-        )?;
-        cargo(&["test", "--workspace", "--all-features", "--doc"], &[])
+        let mut args = vec![
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+            "--run-ignored",
+            ignored,
+        ];
+        args.extend(&excludes);
+        cargo(&args, &[])?;
+        cargo(&["test", "--workspace", "--all-features", "--doc"], &[])?;
     } else {
         println!("cargo-nextest is not installed: running `cargo test`");
         let mut args = vec!["test", "--workspace", "--all-features", "--no-fail-fast"];
+        args.extend(&excludes);
         if root {
             args.extend(["--", "--include-ignored"]);
         }
-        cargo(&args, &[])
+        cargo(&args, &[])?;
     }
+    for app in APP_CRATES {
+        if nextest {
+            cargo(&["nextest", "run", "-p", app], &[])?;
+        } else {
+            cargo(&["test", "-p", app], &[])?;
+        }
+    }
+    Ok(())
 }
 
 /// `cargo deny check`: bans, licenses and sources always; advisories only when the advisory
 /// database can be fetched (it lives on GitHub, which CI cannot reach).
 fn run_deny() -> anyhow::Result<()> {
-    if !has_cargo_subcommand("deny") {
-        bail!("cargo-deny is not installed (`cargo install cargo-deny --locked`; .ci/run does this)");
+    if !tools::has_cargo_subcommand("deny") {
+        bail!(
+            "cargo-deny is not installed: `cargo install cargo-deny --locked` (`cargo xtask ci` does this unless --no-install)"
+        );
     }
     cargo(
         &["deny", "--all-features", "check", "--hide-inclusion-graph", "bans", "licenses", "sources"],
@@ -133,15 +167,6 @@ fn run_deny() -> anyhow::Result<()> {
 fn advisory_db_reachable() -> bool {
     Command::new("timeout")
         .args(["15", "git", "ls-remote", "--heads", "https://github.com/rustsec/advisory-db"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn has_cargo_subcommand(name: &str) -> bool {
-    Command::new("cargo")
-        .args([name, "--version"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

@@ -85,7 +85,7 @@ pub(crate) fn build_stage(programs: &[&str]) -> anyhow::Result<()> {
     let mut args = vec![
         "build",
         "-p",
-        "lifeline",
+        "lifeline-kit",
         "--features",
         "cli,full",
         "--bin",

@@ -1,11 +1,14 @@
 //! Project automation, run as `cargo xtask <command>`: `ci` runs everything CI runs, `demo` shows
-//! the whole system working, `bench` measures it against baselines, `fault` attacks it.
+//! the whole system working, `bench` measures it against baselines, `fault` attacks it, `man`
+//! and `completions` generate the CLI's man pages and shell completions.
 
 mod bench;
 mod ci;
 mod demo;
 mod fault;
+mod generate;
 mod svg;
+mod tools;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,13 @@ enum Command {
     Bench(bench::Args),
     /// The cross-crate fault-injection suite.
     Fault(fault::Args),
+    /// Install what `ci` needs and a fresh machine lacks (`ci` does this first), or with
+    /// --no-install only say how to get it.
+    Tools(tools::Args),
+    /// The `lifeline` CLI's man pages, in target/man.
+    Man(generate::Args),
+    /// The `lifeline` CLI's shell completions (bash, zsh, fish, elvish, PowerShell), in target/completions.
+    Completions(generate::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +47,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Fault(args) => fault::run(&args),
+        Command::Tools(args) => tools::ensure(!args.no_install),
+        Command::Man(args) => generate::man(&args),
+        Command::Completions(args) => generate::completions(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

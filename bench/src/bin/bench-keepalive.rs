@@ -470,7 +470,7 @@ fn lifeline_binary() -> anyhow::Result<PathBuf> {
     let beside = std::env::current_exe()?.parent().context("exe dir")?.join("lifeline");
     if !beside.exists() {
         bail!(
-            "{} is missing: run through `cargo xtask bench`, or `cargo build --release -p lifeline --features cli`",
+            "{} is missing: run through `cargo xtask bench`, or `cargo build --release -p lifeline-kit --features cli`",
             beside.display()
         );
     }

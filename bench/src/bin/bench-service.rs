@@ -70,7 +70,8 @@ fn main() -> anyhow::Result<()> {
     let handover_helper = built(&bin_dir, "bench-handover-server", &["-p", "lifeline-bench", "--bin"])?;
     restart_latency(&helper, &handover_helper, &pki, dir.path(), &runtime)?;
     for example in ["https-server", "axum-server"] {
-        let features = ["-p", "lifeline", "--features", "lifeline/cli,lifeline/full", "--example"];
+        let features =
+            ["-p", "lifeline-kit", "--features", "lifeline-kit/cli,lifeline-kit/full", "--example"];
         let exe = built(&bin_dir.join("examples"), example, &features)?;
         for load in [Load::Wrk, Load::H2load] {
             restarts_under_load(example, &exe, load, &pki, dir.path(), &runtime)?;

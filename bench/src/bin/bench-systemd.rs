@@ -95,7 +95,7 @@ fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
     for path in [&server, &lifeline] {
         ensure!(
             path.exists(),
-            "{} is missing: run through `cargo xtask bench`, or `cargo build --release -p lifeline --features cli,full --bin lifeline --example https-server`",
+            "{} is missing: run through `cargo xtask bench`, or `cargo build --release -p lifeline-kit --features cli,full --bin lifeline --example https-server`",
             path.display()
         );
     }

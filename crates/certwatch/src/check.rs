@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
+use sha2::{Digest as _, Sha256};
 use x509_parser::extensions::GeneralName;
 
 use crate::error::{Error, one_line};
@@ -144,13 +145,12 @@ pub(crate) fn inspect_chain(chain: &[CertificateDer<'_>], origin: &str) -> Resul
         Ok(None) => Vec::new(),
         Err(e) => return Err(invalid(format!("subject alternative names: {e}"))),
     };
-    let mut chain_ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut chain_ctx = Sha256::new();
     for der in chain {
-        chain_ctx.update(&(der.len() as u64).to_be_bytes());
+        chain_ctx.update((der.len() as u64).to_be_bytes());
         chain_ctx.update(der.as_ref());
     }
-    let mut chain_digest = [0u8; 32];
-    chain_digest.copy_from_slice(chain_ctx.finish().as_ref());
+    let chain_digest: [u8; 32] = chain_ctx.finalize().into();
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         sans,
@@ -163,9 +163,10 @@ pub(crate) fn inspect_chain(chain: &[CertificateDer<'_>], origin: &str) -> Resul
     })
 }
 
-/// SHA-256 of `der`, lowercase hex.
+/// SHA-256 of `der`, lowercase hex. Computed with `sha2`, not a rustls crypto provider: which
+/// provider serves is the application's choice, and a fingerprint needs none.
 pub(crate) fn fingerprint(der: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    hex(&Sha256::digest(der))
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

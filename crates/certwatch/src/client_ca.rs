@@ -13,6 +13,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, UnixTime};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::broadcast;
 
 use crate::check::{fingerprint, inspect_chain};
@@ -48,6 +49,21 @@ impl ClientCaFile {
         self
     }
 
+    /// The bundle at `path`, verified with rustls' `ring` provider (feature `ring`): the same as
+    /// `ClientCaFile::new(path).with_provider(Arc::new(rustls::crypto::ring::default_provider()))`.
+    #[cfg(feature = "ring")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ring")))]
+    pub fn ring(path: impl Into<PathBuf>) -> Self {
+        Self::new(path).with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    /// The bundle at `path`, verified with rustls' `aws-lc-rs` provider (feature `aws-lc-rs`).
+    #[cfg(feature = "aws-lc-rs")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws-lc-rs")))]
+    pub fn aws_lc_rs(path: impl Into<PathBuf>) -> Self {
+        Self::new(path).with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+
     /// Refuses bundles larger than `bytes` (default 1 MiB).
     pub fn max_file_size(mut self, bytes: u64) -> Self {
         self.max_file_size = bytes;
@@ -78,7 +94,7 @@ impl ClientCaFile {
         let mut roots = RootCertStore::empty();
         let mut subjects = Vec::with_capacity(cas.len());
         let mut not_after = None::<SystemTime>;
-        let mut all = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut all = Sha256::new();
         for (i, der) in cas.iter().enumerate() {
             let info = inspect_chain(std::slice::from_ref(der), &self.path.display().to_string())?;
             roots.add(der.clone()).map_err(|e| bundle_err(format!("certificate {}: {e}", i + 1)))?;
@@ -94,7 +110,7 @@ impl ClientCaFile {
         let info = CaInfo {
             count: cas.len(),
             subjects,
-            fingerprint: crate::check::hex(all.finish().as_ref()),
+            fingerprint: crate::check::hex(&all.finalize()),
             not_after: not_after.unwrap_or(SystemTime::UNIX_EPOCH),
         };
         Ok((Arc::new(verifier), info))

@@ -50,6 +50,37 @@
 //! Keep the [`CertWatcher`] alive as long as the server runs: dropping it stops the watching
 //! (the resolver keeps serving the last pair).
 //!
+//! # Crypto provider
+//!
+//! certwatch never chooses rustls' crypto provider: it depends on rustls without `ring` or
+//! `aws-lc-rs`, so adding it changes nothing about the provider your application gets (rustls'
+//! default features give `aws-lc-rs`). Keys are loaded with the provider given to
+//! [`PemFiles::with_provider`], else with the process default — installed by
+//! `CryptoProvider::install_default`, or by the first `ServerConfig::builder()` when rustls'
+//! features select exactly one provider; without either, loading fails with
+//! [`Error::NoCryptoProvider`]. The `ring` and `aws-lc-rs` features add only constructors that
+//! name one ([`PemFiles::ring`], [`PemFiles::aws_lc_rs`], and the same on [`ClientCaFile`]);
+//! fingerprints are computed with `sha2`, whatever the provider.
+//!
+//! ```
+//! # fn pair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+//! #     let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+//! #     std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+//! #     std::fs::write(dir.join("key.pem"), c.signing_key.serialize_pem()).unwrap();
+//! #     (dir.join("cert.pem"), dir.join("key.pem"))
+//! # }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let (cert, key) = pair(dir.path());
+//! // The application's choice, made once in `main`; certwatch follows it.
+//! let _ = rustls::crypto::ring::default_provider().install_default();
+//! let certs = certwatch::CertWatcher::new(certwatch::PemFiles::new(&cert, &key), certwatch::WatchConfig::default())?;
+//! let tls = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(certs.resolver());
+//! # drop(tls);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What else is here
 //!
 //! - [`check`] validates a pair exactly as the watcher does; `lifeline cert check` is built on
@@ -98,6 +129,11 @@
 //! - Writers should still replace files atomically (write elsewhere, then `rename`): a
 //!   truncated write that happens to leave a complete leaf and a matching key is a valid pair.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(unix))]
+compile_error!(
+    "certwatch needs a Unix system: it reads certificate files through O_NONBLOCK descriptors checked with fstat"
+);
 
 mod check;
 mod client_ca;

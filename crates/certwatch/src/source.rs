@@ -96,6 +96,24 @@ impl PemFiles {
         self
     }
 
+    /// A pair whose key is loaded with rustls' `ring` provider (feature `ring`): the same as
+    /// `PemFiles::new(cert, key).with_provider(Arc::new(rustls::crypto::ring::default_provider()))`.
+    ///
+    /// Only a convenience: without the feature, [`with_provider`](PemFiles::with_provider)
+    /// takes any provider, and without a provider the process-wide default is used.
+    #[cfg(feature = "ring")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "ring")))]
+    pub fn ring(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self::new(cert, key).with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+
+    /// A pair whose key is loaded with rustls' `aws-lc-rs` provider (feature `aws-lc-rs`).
+    #[cfg(feature = "aws-lc-rs")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "aws-lc-rs")))]
+    pub fn aws_lc_rs(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self::new(cert, key).with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+
     /// Refuses files larger than `bytes` without reading them (default
     /// [`DEFAULT_MAX_FILE_SIZE`], 1 MiB).
     pub fn max_file_size(mut self, bytes: u64) -> Self {

@@ -80,6 +80,15 @@
 //!   file its predecessor still holds. A `fork`ed child without `exec` never
 //!   unlinks its parent's lock file on drop.
 //! - The pid in the file is informative (for messages), never trusted for correctness.
+//!
+//! # Platforms
+//!
+//! Unix: `flock(2)` and `O_NOFOLLOW` are all it needs. [`OfdLock`] is Linux (and Android) only.
+//! Built and tested on Linux.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(unix))]
+compile_error!("dirlock needs a Unix system: it locks with flock(2) and opens files with O_NOFOLLOW");
 
 mod backoff;
 mod error;
@@ -94,6 +103,7 @@ pub use error::{Error, Result};
 pub use lock::{Adopted, DirLock};
 pub use options::{DEFAULT_FILE_NAME, LockOptions, MAX_WAIT, WaitMode};
 #[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
 pub use primitive::OfdLock;
 pub use primitive::{Flock, LockPrimitive};
 pub use set::{LockSet, lock_order};

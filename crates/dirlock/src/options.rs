@@ -82,6 +82,31 @@ impl LockOptions {
     /// path). `waiting for lock on …` is logged once at `info` level. [`Duration::ZERO`] tries
     /// exactly once, like the default. A timeout too long for a deadline to be computed
     /// ([`Duration::MAX`], anything beyond [`MAX_WAIT`]) waits for ever, in practice.
+    ///
+    /// # In async code
+    ///
+    /// Waiting sleeps the calling thread between attempts. On a tokio worker that thread would
+    /// stop every other task scheduled on it, so acquire a lock that may be waited for on the
+    /// blocking pool (dirlock itself has no async runtime and no tokio dependency):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use dirlock::{DirLock, LockOptions};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = tempfile::tempdir()?;
+    /// # let state_dir = dir.path().to_path_buf();
+    /// let options = LockOptions::new().lock_timeout(Duration::from_secs(30));
+    /// let lock: DirLock = tokio::task::spawn_blocking(move || DirLock::acquire_with(&state_dir, &options)).await??;
+    /// // … the directory is ours until `lock` is dropped (dropping it does not block).
+    /// # drop(lock);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Without a timeout (the default) `acquire` never waits, and calling it directly from async
+    /// code is fine: one attempt is a handful of system calls on a local file.
     pub fn lock_timeout(mut self, timeout: Duration) -> Self {
         self.wait = Some(timeout);
         self

@@ -59,6 +59,7 @@ impl LockPrimitive for Flock {
 /// close) but implemented as byte-range locks, which network file systems such as NFS and CIFS
 /// forward to the server. Use it where `flock` is emulated badly.
 #[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg_attr(docsrs, doc(cfg(any(target_os = "linux", target_os = "android"))))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OfdLock;
 

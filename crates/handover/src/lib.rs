@@ -110,6 +110,18 @@
 //! - The environment is never modified (that is unsafe once threads run): the variables name
 //!   the process they are meant for (`LISTEN_PID`, `LIFELINE_PARENT_PID`), so descendants
 //!   ignore them, and successors are started without `LISTEN_*`.
+//!
+//! # Platforms
+//!
+//! Linux only: the state can be sealed in a `memfd`, peers are checked with `SO_PEERCRED`, and
+//! `/proc` tells which descriptors are open. Elsewhere the crate does not compile (a
+//! `compile_error!` says why).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "handover supports Linux only: it uses memfd seals, SO_PEERCRED and /proc for the descriptors it passes on"
+);
 
 mod config;
 mod drain;

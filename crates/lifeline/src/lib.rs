@@ -78,7 +78,37 @@
 //! | `tls`, `http` | [`service`] | TLS that follows its files; HTTP/1.1 + HTTP/2 for hyper and tower |
 //!
 //! The `cli` feature builds the `lifeline` command-line tool.
+//!
+//! # Crypto provider
+//!
+//! Nothing here chooses rustls' crypto provider: an application on rustls' default features
+//! gets `aws-lc-rs`, one that enables `ring` gets `ring`, and `tls` uses whichever is the
+//! process default (or the one given to the builder).
+//!
+//! # Platforms
+//!
+//! `dirlock` and `certwatch` work on any Unix; `restart-socket`, `handover`, `keepalive`,
+//! `service` and `cli` are Linux only (pidfds, memfd seals, `SO_PEERCRED`, `/proc`). Enabling
+//! one of those elsewhere stops the build with a `compile_error!` that says so.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(unix))]
+compile_error!("lifeline needs a Unix system (and Linux for every mechanism but dirlock and certwatch)");
+
+#[cfg(all(
+    unix,
+    not(target_os = "linux"),
+    any(
+        feature = "restart-socket",
+        feature = "handover",
+        feature = "keepalive",
+        feature = "service",
+        feature = "cli"
+    )
+))]
+compile_error!(
+    "lifeline's restart-socket, handover, keepalive, service and cli features support Linux only; on other Unix systems enable only dirlock and certwatch"
+);
 
 #[cfg(feature = "dirlock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "dirlock")))]
@@ -91,20 +121,20 @@ pub use dirlock;
 pub use certwatch;
 
 #[cfg(feature = "restart-socket")]
-#[cfg_attr(docsrs, doc(cfg(feature = "restart-socket")))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "restart-socket", target_os = "linux"))))]
 #[doc(inline)]
 pub use restart_socket;
 
 #[cfg(feature = "handover")]
-#[cfg_attr(docsrs, doc(cfg(feature = "handover")))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "handover", target_os = "linux"))))]
 #[doc(inline)]
 pub use handover;
 
 #[cfg(feature = "keepalive")]
-#[cfg_attr(docsrs, doc(cfg(feature = "keepalive")))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "keepalive", target_os = "linux"))))]
 #[doc(inline)]
 pub use keepalive;
 
 #[cfg(feature = "service")]
-#[cfg_attr(docsrs, doc(cfg(feature = "service")))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "service", target_os = "linux"))))]
 pub mod service;

@@ -1,5 +1,6 @@
 //! `lifeline cert check` as operators run it: real files, the real binary, exit codes and
 //! output checked.
+#![cfg(feature = "cli")]
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -29,11 +30,16 @@ fn fresh(serial: u16) -> Pair {
 }
 
 fn check(cert: &Path, key: &Path) -> Output {
+    check_with(cert, key, &[])
+}
+
+fn check_with(cert: &Path, key: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_lifeline"))
         .args(["cert", "check", "--cert"])
         .arg(cert)
         .arg("--key")
         .arg(key)
+        .args(extra)
         .output()
         .expect("run lifeline")
 }
@@ -146,4 +152,93 @@ fn a_fifo_or_a_huge_sparse_file_is_refused_at_once() {
     std::fs::remove_file(&cert).unwrap();
     std::fs::File::create(&cert).unwrap().set_len(2 << 30).unwrap();
     refused("is larger than the limit");
+}
+
+/// `--checkend` as `openssl x509 -checkend`: exit 1 when the leaf expires within the duration
+/// (a line on stderr says so), 0 otherwise; openssl itself agrees on the same files.
+#[test]
+fn checkend_exits_1_when_the_leaf_expires_within_the_duration_as_openssl_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    // Expires in 30 days and an hour.
+    let p = fresh(9);
+    std::fs::write(&cert, &p.cert).unwrap();
+    std::fs::write(&key, &p.key).unwrap();
+    for (within, seconds, expiring) in
+        [("29d", 29 * 86_400, false), ("31d", 31 * 86_400, true), ("0s", 0, false)]
+    {
+        let out = check_with(&cert, &key, &["--checkend", within]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(i32::from(expiring)), "{within}: {stdout}{stderr}");
+        if expiring {
+            assert!(stdout.contains("checkend:   expires within it"), "{stdout}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.starts_with("lifeline: the certificate expires within "), "{stderr}");
+            assert!(stderr.contains("(not_after 20"), "{stderr}");
+        } else {
+            assert!(stdout.contains("checkend:   does not expire within it"), "{stdout}");
+            assert!(stderr.is_empty(), "{stderr}");
+        }
+        let openssl = Command::new("openssl")
+            .args(["x509", "-noout", "-checkend", &seconds.to_string(), "-in"])
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert_eq!(openssl.status.code(), out.status.code(), "openssl -checkend {seconds} disagrees");
+    }
+    // An expired leaf expires within any duration, 0 included; the warning comes first.
+    let now = SystemTime::now();
+    let old = pair(10, now - Duration::from_secs(10 * 86_400), now - Duration::from_secs(86_400));
+    std::fs::write(&cert, &old.cert).unwrap();
+    std::fs::write(&key, &old.key).unwrap();
+    let out = check_with(&cert, &key, &["--checkend", "0s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    assert!(
+        stderr.lines().nth(1).unwrap().starts_with("lifeline: the certificate expires within 0s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn checkend_refuses_a_value_that_is_not_a_duration_as_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let out = check_with(&cert, &key, &["--checkend", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--checkend"), "{}", text(&out.stderr));
+}
+
+/// `--json`: one JSON object on one line with the same fields as the text, and the checkend
+/// verdict when asked; a refused pair prints nothing on stdout (one line on stderr, exit 1).
+#[test]
+fn json_prints_one_object_with_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let p = fresh(0x0abc);
+    std::fs::write(&cert, &p.cert).unwrap();
+    std::fs::write(&key, &p.key).unwrap();
+    let out = check_with(&cert, &key, &["--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["subject"], "CN=cli.test");
+    assert_eq!(json["sans"], serde_json::json!(["DNS:localhost", "IP:127.0.0.1"]));
+    assert_eq!(json["serial"], "0abc");
+    assert_eq!(json["days_left"], 30);
+    assert_eq!(json["chain"], 1);
+    assert_eq!(json["validity"], "valid");
+    assert_eq!(json["sha256"].as_str().unwrap().len(), 64);
+    assert!(json["not_after"].as_str().unwrap().ends_with('Z'), "{json}");
+    assert!(json.get("expires_within_checkend").is_none(), "{json}");
+
+    let out = check_with(&cert, &key, &["--json", "--checkend", "60d"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(json["expires_within_checkend"], true);
+
+    std::fs::write(&key, fresh(2).key).unwrap();
+    assert_refused(&check_with(&cert, &key, &["--json"]), "does not match");
 }

@@ -1,5 +1,6 @@
 //! `lifeline restart` and `lifeline status` against a real restart socket served in-process:
-//! output, exit codes 0/1/2, and a refused peer of another uid (via `setpriv`).
+//! output, exit codes 0/1/69 (and 2 for a usage error), the text format of `status`, and a
+//! refused peer of another uid (via `setpriv`).
 #![cfg(feature = "cli")]
 
 use std::os::unix::fs::PermissionsExt;
@@ -110,7 +111,54 @@ async fn a_restart_that_outlasts_the_timeout_exits_1() {
 }
 
 #[tokio::test]
-async fn a_missing_or_dead_socket_exits_2() {
+async fn status_in_text_format_prints_one_field_per_line() {
+    let server = serve(ServerConfig::default(), || async { Ok::<u32, String>(1) });
+    let out = lifeline(&["status", "--format", "text"], &server.path).await;
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(lines[0], "pid:          4321");
+    assert_eq!(lines[1], "generation:   3");
+    assert!(
+        lines[2].starts_with("started_at:   2023-11-14T22:13:20Z (") && lines[2].ends_with(" ago)"),
+        "{stdout}"
+    );
+    assert_eq!(lines[3], "last_restart: never");
+    // JSON stays the default, and can be asked for by name.
+    let out = lifeline(&["status", "--format", "json"], &server.path).await;
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_ok(), "{}", text(&out.stdout));
+    server.stop().await;
+}
+
+/// "No service there" (69) and "called wrongly" (2, clap's usage errors) are different exit
+/// statuses: a script can tell a down service from a broken invocation.
+#[tokio::test]
+async fn a_usage_error_exits_2_and_never_69() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.sock");
+    for args in [
+        &["status", "--format", "yaml"][..],
+        &["restart", "--timeout", "soon"][..],
+        &["status", "--bogus"][..],
+    ] {
+        let out = lifeline(args, &missing).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "");
+    }
+    for subcommand in ["status", "restart"] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .arg(subcommand)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{subcommand} without --socket: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("--socket"), "{}", text(&out.stderr));
+    }
+}
+
+#[tokio::test]
+async fn a_missing_or_dead_socket_exits_69() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
     let dead = dir.path().join("dead.sock");
@@ -118,7 +166,7 @@ async fn a_missing_or_dead_socket_exits_2() {
     for socket in [&missing, &dead] {
         for args in [&["restart"][..], &["status"][..]] {
             let out = lifeline(args, socket).await;
-            assert_eq!(out.status.code(), Some(2), "{args:?} {}", socket.display());
+            assert_eq!(out.status.code(), Some(69), "{args:?} {}", socket.display());
             let stderr = text(&out.stderr);
             assert!(stderr.starts_with("lifeline: no server at ") && stderr.lines().count() == 1, "{stderr}");
             assert_eq!(text(&out.stdout), "");

@@ -157,7 +157,7 @@ pub enum Error {
 
 impl Error {
     /// Whether this error means "there is no server": the socket is missing or dead. The CLI
-    /// exits 2 for these.
+    /// exits 69 (`EX_UNAVAILABLE`) for these.
     pub fn is_no_server(&self) -> bool {
         matches!(self, Error::NoServer { .. })
     }

@@ -81,6 +81,17 @@
 //! - Export the listener ([`ListenerHandle::export`]) only when handing it on: from then on this
 //!   process leaves the socket file in place at shutdown. If the handover fails, call
 //!   [`ListenerHandle::reclaim`].
+//!
+//! # Platforms
+//!
+//! Linux only: peers are identified with `SO_PEERCRED`, and the socket file is placed through
+//! `/proc/self/fd`. Elsewhere the crate does not compile (a `compile_error!` says why).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "restart-socket supports Linux only: it checks peers with SO_PEERCRED and places the socket file through /proc/self/fd"
+);
 
 mod client;
 mod error;

@@ -4,7 +4,7 @@
 //! signals, `flock(1)` and `systemd-socket-activate` as outside peers, and `lifeline supervise`
 //! following its handovers.
 //!
-//! Build the binaries first (`cargo build -p lifeline --features cli --bins --examples`), or let
+//! Build the binaries first (`cargo build -p lifeline-kit --features cli,full --bins --examples`), or let
 //! `lifeline_tests::workspace_binary` build them.
 
 mod args;

@@ -2,17 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use restart_socket::{Client, Details, Error};
+use restart_socket::{Client, Details, Error, Status, SupervisorStatus};
 
 /// How long `lifeline restart` waits for the outcome without `--timeout`: longer than a
 /// handover's default readiness timeout (30 s), so its failure reason gets through.
 const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Exit status for a missing or dead socket (nothing is serving at the path).
-const EXIT_NO_SERVER: u8 = 2;
 
 /// Exit status of `lifeline status` when a supervisor answers but its service is not up
 /// (backing off, starting, stopping): LSB's "program is not running", as `systemctl status`.
@@ -36,10 +33,21 @@ pub(crate) struct StatusArgs {
     /// The service's control socket.
     #[arg(long)]
     socket: PathBuf,
+    /// `json`: one JSON object on one line (the default, for scripts); `text`: one field per
+    /// line, times as dates, for a person.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+}
+
+/// `lifeline status --format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Format {
+    Json,
+    Text,
 }
 
 /// Prints the new pid (exit 0), or the reason the restart failed (stderr, exit 1); a missing or
-/// dead socket exits 2.
+/// dead socket exits 69.
 pub(crate) fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
     let RestartArgs { socket, timeout } = args;
     let timeout = timeout.unwrap_or(DEFAULT_RESTART_TIMEOUT);
@@ -60,32 +68,45 @@ pub(crate) fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Prints the status as one JSON object on stdout (exit 0); a missing or dead socket exits 2.
-/// A supervisor's socket (`lifeline supervise --control`) answers in detail: the same keys and
-/// more (`state`, `ready`, `restarts`, `last_exit`, `backoff_until`, `uptime_ms`, …), and exit 3
-/// when its service is not up — a container health check's answer.
+/// Prints the status on stdout (exit 0): one JSON object by default, or text; a missing or dead
+/// socket exits 69. A supervisor's socket (`lifeline supervise --control`) answers in detail: the
+/// same keys and more (`state`, `ready`, `restarts`, `last_exit`, `backoff_until`, `uptime_ms`,
+/// …), and exit 3 when its service is not up — a container health check's answer.
 pub(crate) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let StatusArgs { socket } = args;
+    let StatusArgs { socket, format } = args;
     let outcome = runtime()?.block_on(async { Client::connect(&socket).await?.details().await });
     match outcome {
         Ok(Details::Service(status)) => {
-            println!("{}", serde_json::to_string(&status).context("cannot encode the status as JSON")?);
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string(&status).context("cannot encode the status as JSON")?
+                ),
+                Format::Text => print!("{}", text(&status, SystemTime::now())),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Ok(Details::Supervisor(status)) => {
-            let mut json = serde_json::to_value(&status).context("cannot encode the status as JSON")?;
-            // The plain status's keys keep their meaning: `started_at` is when the current main
-            // process began (as a service reports its own start).
-            let plain = status.plain();
-            let now = restart_socket::unix_millis(std::time::SystemTime::now());
-            if let Some(map) = json.as_object_mut() {
-                map.insert("started_at".to_owned(), plain.started_at.into());
-                map.insert(
-                    "uptime_ms".to_owned(),
-                    status.since.map(|since| now.saturating_sub(since)).into(),
-                );
+            let now = SystemTime::now();
+            match format {
+                Format::Json => {
+                    let mut json =
+                        serde_json::to_value(&status).context("cannot encode the status as JSON")?;
+                    // The plain status's keys keep their meaning: `started_at` is when the current
+                    // main process began (as a service reports its own start).
+                    let plain = status.plain();
+                    let now = restart_socket::unix_millis(now);
+                    if let Some(map) = json.as_object_mut() {
+                        map.insert("started_at".to_owned(), plain.started_at.into());
+                        map.insert(
+                            "uptime_ms".to_owned(),
+                            status.since.map(|since| now.saturating_sub(since)).into(),
+                        );
+                    }
+                    println!("{json}");
+                }
+                Format::Text => print!("{}", supervisor_text(&status, now)),
             }
-            println!("{json}");
             Ok(if status.is_up() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_UP) })
         }
         Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
@@ -104,11 +125,48 @@ pub(crate) fn stop(socket: &std::path::Path, timeout: Option<Duration>) -> anyho
     }
 }
 
-/// Exit 2 for "no server", otherwise the generic error path (one line, exit 1).
+/// The status for a person: one field per line, times as UTC dates with how long ago.
+fn text(status: &Status, now: SystemTime) -> String {
+    let when = |ms: u64| {
+        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        let ago = now.duration_since(at).map_or(Duration::ZERO, |d| Duration::from_secs(d.as_secs()));
+        format!("{} ({} ago)", humantime::format_rfc3339_seconds(at), humantime::format_duration(ago))
+    };
+    format!(
+        "pid:          {}\ngeneration:   {}\nstarted_at:   {}\nlast_restart: {}\n",
+        status.pid,
+        status.generation,
+        when(status.started_at),
+        status.last_restart.map_or_else(|| "never".to_owned(), when),
+    )
+}
+
+/// A supervisor's status for a person: the service's fields, then the supervisor's.
+fn supervisor_text(status: &SupervisorStatus, now: SystemTime) -> String {
+    let mut out = text(&status.plain(), now);
+    let optional = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let retired = status.retired.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+    out.push_str(&format!(
+        "state:        {}\nready:        {}\nrestarts:     {}\nrollbacks:    {}\nlast_exit:    {}\nretired:      {}\nsupervisor:   {}\n",
+        serde_json::to_value(status.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        status.ready,
+        status.restarts,
+        status.rollbacks,
+        optional(status.last_exit.clone()),
+        if retired.is_empty() { "-".to_owned() } else { retired },
+        status.supervisor_pid,
+    ));
+    if let Some(text) = &status.text {
+        out.push_str(&format!("status_text:  {}\n", one_line(text)));
+    }
+    out
+}
+
+/// Exit 69 for "no service at the socket", otherwise the generic error path (one line, exit 1).
 fn failure(err: &Error) -> anyhow::Result<ExitCode> {
     if err.is_no_server() {
         eprintln!("lifeline: {err}");
-        return Ok(ExitCode::from(EXIT_NO_SERVER));
+        return Ok(ExitCode::from(crate::exit::NO_SERVICE));
     }
     anyhow::bail!("{}", one_line(&err.to_string()))
 }
@@ -123,4 +181,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_has_one_field_per_line_with_dates() {
+        let status = Status { pid: 42, generation: 3, started_at: 1_700_000_000_123, last_restart: None };
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_090);
+        assert_eq!(
+            text(&status, now),
+            "pid:          42\ngeneration:   3\nstarted_at:   2023-11-14T22:13:20Z (1m 29s ago)\nlast_restart: never\n"
+        );
+        let restarted = Status { last_restart: Some(1_700_000_060_000), ..status };
+        assert!(text(&restarted, now).ends_with("last_restart: 2023-11-14T22:14:20Z (30s ago)\n"));
+    }
 }
