@@ -144,6 +144,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// A state passed as a sealed memfd of this upgrade: mapped, not read, and checked byte by byte.
+fn report_sealed_state(handover: &mut Handover, from: u64) -> anyhow::Result<()> {
+    if let Some(fd) = handover.take_fd("sealed-state") {
+        let mapped = handover::SealedState::map(&fd, 1 << 30)?;
+        let intact = mapped.payload().iter().enumerate().all(|(i, b)| *b == sealed_byte(i, from));
+        println!(
+            "sealed-state bytes={} version={} {}",
+            mapped.payload().len(),
+            mapped.version(),
+            if intact { "intact" } else { "corrupt" }
+        );
+    }
+    Ok(())
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mode = mode(&args);
     let mut config = Config::default().fd_store(args.fd_store);
@@ -170,18 +185,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         _ => handover.read_state::<State>(STATE_VERSION).await?,
     };
-    // A state passed as a sealed memfd of this upgrade: mapped, not read.
-    if let Some(fd) = handover.take_fd("sealed-state") {
-        let mapped = handover::SealedState::map(&fd, 1 << 30)?;
-        let from = state.as_ref().map_or(0, |s| s.generation);
-        let intact = mapped.payload().iter().enumerate().all(|(i, b)| *b == sealed_byte(i, from));
-        println!(
-            "sealed-state bytes={} version={} {}",
-            mapped.payload().len(),
-            mapped.version(),
-            if intact { "intact" } else { "corrupt" }
-        );
-    }
+    report_sealed_state(&mut handover, state.as_ref().map_or(0, |s| s.generation))?;
     match mode.as_str() {
         "exit-after-state" => return Ok(ExitCode::from(1)),
         "hang" => hang(&args)?,

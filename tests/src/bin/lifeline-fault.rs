@@ -924,7 +924,7 @@ impl Suite {
         // last one (the FIFO's) is logged at debug only, so only a reload that met the garbage
         // shows.
         let mut swaps = 0;
-        let met = |swaps: u32| swaps % 1_000 == 0 && failures(&server) > seen;
+        let met = |swaps: u32| swaps.is_multiple_of(1_000) && failures(&server) > seen;
         while swaps < 2_000_000 && (swaps < 15_000 || !met(swaps)) {
             nix::unistd::mkfifo(&spare, mode)?;
             std::fs::rename(&spare, &cert)?;

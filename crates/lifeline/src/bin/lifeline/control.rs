@@ -143,21 +143,26 @@ fn text(status: &Status, now: SystemTime) -> String {
 
 /// A supervisor's status for a person: the service's fields, then the supervisor's.
 fn supervisor_text(status: &SupervisorStatus, now: SystemTime) -> String {
+    use std::fmt::Write as _;
     let mut out = text(&status.plain(), now);
     let optional = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     let retired = status.retired.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         "state:        {}\nready:        {}\nrestarts:     {}\nrollbacks:    {}\nlast_exit:    {}\nretired:      {}\nsupervisor:   {}\n",
-        serde_json::to_value(status.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        serde_json::to_value(status.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
         status.ready,
         status.restarts,
         status.rollbacks,
         optional(status.last_exit.clone()),
         if retired.is_empty() { "-".to_owned() } else { retired },
         status.supervisor_pid,
-    ));
+    );
     if let Some(text) = &status.text {
-        out.push_str(&format!("status_text:  {}\n", one_line(text)));
+        let _ = writeln!(out, "status_text:  {}", one_line(text));
     }
     out
 }
