@@ -98,6 +98,8 @@ impl DirLock {
         let mut kept: Option<Kept> = None;
         let mut holder_pid = None;
         let mut waker: Option<Pooled> = None;
+        // Whether the last wait ended with an event (rather than its timeout).
+        let mut woken_by_event = false;
         loop {
             let primitive = options.lock_primitive();
             let outcome = match kept.take() {
@@ -160,9 +162,28 @@ impl DirLock {
                     let delay = backoff.next_delay();
                     kept = file;
                     match waker.as_mut().filter(|w| w.is_armed()) {
-                        // The delays only back the events up (a holder on another machine of a
-                        // network file system makes none): scaled up to a cap of about 256 ms.
-                        Some(w) => w.wait((delay * NOTIFY_FALLBACK_FACTOR).min(remaining)),
+                        Some(w) => {
+                            let mut remaining = remaining;
+                            if woken_by_event {
+                                // The last event was not the release (the try after it failed):
+                                // another process opened and closed the file. Waking at each
+                                // such event would make a storm of them (a process trying
+                                // without waiting, in a loop) cost the waiters, and the holder
+                                // they starve, more than polling does: so the next wait begins
+                                // after the backoff's delay, and an event that came meanwhile
+                                // ends it at once. Never slower than `WaitMode::Poll`.
+                                std::thread::sleep(delay.min(remaining));
+                                match deadline.and_then(|d| d.checked_duration_since(Instant::now())) {
+                                    Some(r) if !r.is_zero() => remaining = r,
+                                    // Out of time: the next try says so.
+                                    _ => continue,
+                                }
+                            }
+                            // The delays only back the events up (a holder on another machine
+                            // of a network file system makes none): scaled up to a cap of about
+                            // 256 ms.
+                            woken_by_event = w.wait((delay * NOTIFY_FALLBACK_FACTOR).min(remaining));
+                        }
                         None => std::thread::sleep(delay.min(remaining)),
                     }
                 }

@@ -138,8 +138,9 @@ impl Waker {
         }
     }
 
-    /// Sleeps until an event comes or `timeout` passes; consumes the queued events.
-    pub(crate) fn wait(&mut self, timeout: Duration) {
+    /// Sleeps until an event comes or `timeout` passes; consumes the queued events. `true` when
+    /// an event ended the wait.
+    pub(crate) fn wait(&mut self, timeout: Duration) -> bool {
         let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: one pollfd that lives across the call. EINTR just ends the wait early: the
@@ -148,6 +149,7 @@ impl Waker {
         if ready > 0 {
             self.drain();
         }
+        ready > 0
     }
 
     /// Reads every queued event (their content does not matter: any of them is a reason to try).

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             "--counter" => counter = args.next().expect("--counter FILE").into(),
             "--ofd" => options = options.primitive(OfdLock),
             "--spin" => spin = true,
+            "--poll" => options = options.wait_mode(dirlock::WaitMode::Poll),
             _ => dirs.push(arg),
         }
     }
