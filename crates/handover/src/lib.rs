@@ -57,7 +57,8 @@
 //!         let upgrader = upgrader.clone();
 //!         move || {
 //!             let upgrader = upgrader.clone();
-//!             async move { upgrader.upgrade().await.map_err(|e| e.to_string()) }
+//!             // The whole chain: the message does not repeat its cause (the OS error).
+//!             async move { upgrader.upgrade().await.map_err(|e| format!("{:#}", anyhow::Error::from(e))) }
 //!         }
 //!     };
 //!     # let _ = restart;

@@ -251,7 +251,7 @@ async fn a_path_lifeline_did_not_create_is_never_rebound_or_removed() {
             continue;
         }
         assert!(verdict.is_err(), "{dir_name}/{file}: {verdict:?}");
-        let err = rebound.expect_err("refused").to_string();
+        let err = crate::error::chain(&rebound.expect_err("refused"));
         assert!(err.contains("not a notify socket lifeline created"), "{err}");
         assert!(path.exists(), "{dir_name}/{file} was unlinked");
         if extra_file {

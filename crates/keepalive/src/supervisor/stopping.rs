@@ -234,7 +234,10 @@ impl Task {
         if let Some(path) = &self.config.state_file
             && let Err(err) = snapshot.write(path)
         {
-            tracing::error!(%err, "cannot write the detached snapshot to the state file");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "cannot write the detached snapshot to the state file"
+            );
         }
         self.emit(EventKind::Detached { pid: snapshot.pid });
         self.stop_probes();
@@ -273,12 +276,12 @@ impl Task {
         if let Some(pid_file) = &self.pid_file
             && let Err(err) = pid_file.remove()
         {
-            tracing::warn!(%err, "cannot remove the pid file");
+            tracing::warn!(error = &err as &dyn std::error::Error, "cannot remove the pid file");
         }
         if let Some(path) = &self.config.state_file {
             match std::fs::remove_file(path) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(%err, path = %path.display(), "cannot remove the state file");
+                    tracing::warn!(error = &err as &dyn std::error::Error, path = %path.display(), "cannot remove the state file");
                 }
                 _ => {}
             }

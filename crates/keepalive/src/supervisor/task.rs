@@ -242,7 +242,10 @@ impl Task {
         let notify = if config.notify.is_on() {
             Some(match adopt_notify {
                 Some(address) => NotifySocket::rebind(address).or_else(|err| {
-                    tracing::warn!(%err, "cannot serve the adopted service's notify socket again; using a new one");
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot serve the adopted service's notify socket again; using a new one"
+                    );
                     NotifySocket::bind(config.notify)
                 })?,
                 None => NotifySocket::bind(config.notify)?,
@@ -254,7 +257,10 @@ impl Task {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
                 Ok(signal) => Some(signal),
                 Err(err) => {
-                    tracing::warn!(%err, "cannot listen for SIGCHLD; orphans will not be reaped");
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot listen for SIGCHLD; orphans will not be reaped"
+                    );
                     None
                 }
             }
@@ -293,7 +299,10 @@ impl Task {
             own_pgid: nix::unistd::getpgrp().as_raw(),
             own_session: nix::unistd::getsid(None).map_or(-1, nix::unistd::Pid::as_raw),
             boot_id: sys::boot_id().unwrap_or_else(|err| {
-                tracing::warn!(%err, "cannot read the boot id; snapshots of this service cannot be adopted");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot read the boot id; snapshots of this service cannot be adopted"
+                );
                 String::new()
             }),
             pgids: BTreeSet::new(),
@@ -492,7 +501,9 @@ impl Task {
         {
             match wake {
                 Wake::Notify(Ok(message)) => self.on_message(&message),
-                Wake::Notify(Err(err)) => tracing::warn!(%err, "notify socket receive failed"),
+                Wake::Notify(Err(err)) => {
+                    tracing::warn!(error = &err as &dyn std::error::Error, "notify socket receive failed");
+                }
                 Wake::MainExited => {
                     // A MAINPID= sent just before the old main exited is already queued: handle
                     // it first, or a handover would look like a crash.
@@ -563,7 +574,7 @@ impl Task {
                 Wake::RetryFiles => {
                     if let Err(err) = self.write_files(true) {
                         let delay = self.retry_files.map_or(RETRY_FILES_FIRST, |(_, d)| d);
-                        tracing::warn!(%err, retry_in = %humanize(delay), "still cannot update the files; keeping the previous ones");
+                        tracing::warn!(error = &err as &dyn std::error::Error, retry_in = %humanize(delay), "still cannot update the files; keeping the previous ones");
                     }
                 }
             }
@@ -625,15 +636,18 @@ impl Task {
                         Ok(()) => return None,
                         Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
                             // Started and supervised all the same; the write is retried.
-                            tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
+                            tracing::error!(
+                                error = &err as &dyn std::error::Error,
+                                "restarted, but cannot update the file; keeping the previous one"
+                            );
                             return None;
                         }
                         Err(err) => {
-                            tracing::error!(%err, "restart failed");
+                            tracing::error!(error = &err as &dyn std::error::Error, "restart failed");
                             let now = Instant::now();
                             exit = Exit {
                                 status: ExitStatus::Unknown,
-                                cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                                cause: ExitCause::SpawnFailed { reason: crate::error::chain(&err) },
                                 runtime: Duration::ZERO,
                                 healthy: Duration::ZERO,
                                 at: now,
@@ -764,14 +778,17 @@ impl Task {
         match self.start_main() {
             Ok(()) => {}
             Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
-                tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "restarted, but cannot update the file; keeping the previous one"
+                );
             }
             Err(err) => {
-                tracing::error!(%err, "restart failed");
-                self.fail_restart(&err.to_string());
+                tracing::error!(error = &err as &dyn std::error::Error, "restart failed");
+                self.fail_restart(&crate::error::chain(&err));
                 return Some(Exit {
                     status: ExitStatus::Unknown,
-                    cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                    cause: ExitCause::SpawnFailed { reason: crate::error::chain(&err) },
                     runtime: Duration::ZERO,
                     healthy: Duration::ZERO,
                     at: Instant::now(),
@@ -800,7 +817,9 @@ impl Task {
         if let Some(pending) = self.pending_restart.take() {
             match &outcome {
                 Ok(pid) => tracing::info!(pid, "restart complete"),
-                Err(err) => tracing::warn!(%err, "restart on request failed"),
+                Err(err) => {
+                    tracing::warn!(error = err as &dyn std::error::Error, "restart on request failed");
+                }
             }
             let _ = pending.reply.send(outcome);
         }

@@ -285,7 +285,7 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
             Action::Forward(sig) => {
                 // (The `cli` feature has no tracing dependency; the library logs, this one line is ours.)
                 if let Err(err) = supervised.signal(sig).await {
-                    crate::say!("lifeline: cannot forward {sig}: {err}");
+                    crate::say!("lifeline: cannot forward {sig}: {}", crate::chain(err));
                 }
             }
             Action::Stop(received) => {
@@ -412,7 +412,7 @@ fn adopt_or_spawn(
         // start nothing (a second instance beside a running one is no better).
         Err(err @ Error::UntrustedFile { .. }) => return Err(err.into()),
         Err(err) => {
-            crate::say!("lifeline: ignoring state file {shown}: {err}; starting the command");
+            crate::say!("lifeline: ignoring state file {shown}: {}; starting the command", crate::chain(err));
             return Ok(supervisor().spawn()?);
         }
     };
@@ -437,7 +437,10 @@ fn adopt_or_spawn(
             | Error::OtherBoot { .. }
             | Error::OtherUid { .. }),
         ) => {
-            crate::say!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
+            crate::say!(
+                "lifeline: ignoring stale state file {shown}: {}; starting the command",
+                crate::chain(err)
+            );
             Ok(supervisor().spawn()?)
         }
         Err(err) => Err(err).with_context(|| format!("cannot adopt pid {pid} from state file {shown}")),
