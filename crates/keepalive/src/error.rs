@@ -152,14 +152,6 @@ pub enum Error {
     /// left running.
     #[error("cannot detach a service started to die with its supervisor")]
     DetachRefused,
-    /// A watchdog interval was configured without readiness notification: the service would have
-    /// no socket to send `WATCHDOG=1` to.
-    #[error("a watchdog needs readiness notification (notify) to be on")]
-    WatchdogWithoutNotify,
-    /// A start timeout was configured but the service is not awaited to send `READY=1`
-    /// (notification off, or [`Readiness::Started`](crate::Readiness::Started)).
-    #[error("a start timeout needs readiness notification (notify, readiness = Notified)")]
-    StartTimeoutWithoutReadiness,
     /// A restart ([`Supervised::restart`](crate::Supervised::restart)) did not lead to a ready
     /// main process.
     #[error("restart failed: {reason}")]

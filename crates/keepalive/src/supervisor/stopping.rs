@@ -150,7 +150,7 @@ impl Task {
             self.start_deadline = None;
             return None;
         };
-        let after = self.config.start_timeout.unwrap_or_default();
+        let after = self.config.notify.start_timeout().unwrap_or_default();
         tracing::warn!(pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
         self.emit(EventKind::StartTimeout { pid: pid as u32, after });
         self.terminate_main(self.config.stop_signal, ExitCause::StartTimeout).await

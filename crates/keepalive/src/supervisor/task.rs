@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::Error;
-use crate::config::{Command, Config, Lifetime, Readiness};
+use crate::config::{Command, Config, Lifetime, Notify};
 use crate::event::{Event, EventKind};
 use crate::exit::{Exit, ExitCause, ExitStatus};
 use crate::group;
@@ -227,28 +227,20 @@ impl Task {
             return Err(Error::NoRuntime);
         }
         let Supervisor { command, config, policy } = sup;
-        if config.watchdog.is_some() && !config.notify.is_on() {
-            return Err(Error::WatchdogWithoutNotify);
-        }
-        if config.start_timeout.is_some()
-            && (!config.notify.is_on() || config.readiness != Readiness::Notified)
-        {
-            return Err(Error::StartTimeoutWithoutReadiness);
-        }
         check_probes(&config)?;
         if config.subreaper {
             sys::set_child_subreaper().map_err(|source| Error::Subreaper { source })?;
         }
-        let notify = if config.notify.is_on() {
+        let notify = if let Notify::On(on) = config.notify {
             Some(match adopt_notify {
                 Some(address) => NotifySocket::rebind(address).or_else(|err| {
                     tracing::warn!(
                         error = &err as &dyn std::error::Error,
                         "cannot serve the adopted service's notify socket again; using a new one"
                     );
-                    NotifySocket::bind(config.notify)
+                    NotifySocket::bind(on.address)
                 })?,
-                None => NotifySocket::bind(config.notify)?,
+                None => NotifySocket::bind(on.address)?,
             })
         } else {
             None
@@ -286,7 +278,7 @@ impl Task {
         Ok(Task {
             command,
             pid_file: config.pid_file.clone().map(PidFile::new),
-            watchdog_interval: config.watchdog,
+            watchdog_interval: config.notify.watchdog(),
             config,
             policy,
             events,
@@ -365,7 +357,8 @@ impl Task {
         // After install_main, which clears it for whichever process becomes the main one.
         if awaits_ready {
             // A timeout too long to add to the clock never expires.
-            self.start_deadline = self.config.start_timeout.and_then(|timeout| started.checked_add(timeout));
+            self.start_deadline =
+                self.config.notify.start_timeout().and_then(|timeout| started.checked_add(timeout));
         }
         self.emit(EventKind::Started { pid, attempt: self.starts });
         installed
@@ -373,7 +366,7 @@ impl Task {
 
     /// Whether a new main process counts as ready at once (no `READY=1` awaited).
     pub(super) fn ready_at_start(&self) -> bool {
-        !self.config.notify.is_on() || self.config.readiness == Readiness::Started
+        self.config.notify.ready_at_start()
     }
 
     /// Makes `proc` the main process: groups, pid file, state file, watchdog, status. It is
