@@ -114,7 +114,7 @@ pub enum Error {
     FrameTooLarge {
         /// The announced length.
         len: usize,
-        /// The limit ([`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN)).
+        /// The limit ([`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN)).
         max: usize,
     },
     /// The frame carries a protocol version this side does not speak.
@@ -122,7 +122,7 @@ pub enum Error {
     UnsupportedVersion {
         /// The version in the frame.
         got: u32,
-        /// The version this side speaks ([`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION)).
+        /// The version this side speaks ([`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION)).
         expected: u32,
     },
     /// The frame's payload could not be decoded.

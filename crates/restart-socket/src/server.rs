@@ -290,7 +290,7 @@ impl Server {
 
     /// [`serve`](Server::serve) for a supervisor (`lifeline supervise --control`): besides
     /// restarts and the plain status, `supervisor` answers [`Request::Details`] with a
-    /// [`SupervisorStatus`](crate::wire::SupervisorStatus) and takes [`Request::Stop`].
+    /// [`SupervisorStatus`](crate::SupervisorStatus) and takes [`Request::Stop`].
     /// (A server started with [`serve`](Server::serve) answers `Details` with its plain
     /// status and refuses `Stop` with [`ErrorKind::Unsupported`].)
     pub async fn serve_supervisor<R, S>(
