@@ -5,6 +5,7 @@ pub mod certs;
 pub mod https;
 pub mod lines;
 pub mod load;
+pub mod proc;
 pub mod systemd;
 
 use std::path::PathBuf;

@@ -448,13 +448,7 @@ pub fn unit_processes(control_group: &str) -> Vec<u32> {
     pids
 }
 
-/// Whether `pid` is gone (or a zombie: dead all the same).
-pub fn is_dead(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => true,
-    }
-}
+pub use crate::proc::is_dead;
 
 /// `lifeline status --socket CONTROL`: the pid and generation the server reports.
 pub fn lifeline_status(lifeline: &Path) -> anyhow::Result<(u32, u64)> {

@@ -155,16 +155,7 @@ fn request(addr: SocketAddr, line: &str) -> String {
     answer.trim_end().to_owned()
 }
 
-/// Whether `pid` is gone (or a zombie nobody reaped yet: dead all the same).
-fn is_dead(pid: u32) -> bool {
-    if kill(Pid::from_raw(pid as i32), None).is_err() {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => true,
-    }
-}
+use lifeline_tests::proc::is_dead;
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()

@@ -3,7 +3,6 @@
 //! old process group or in its own; forwarded SIGHUP/SIGUSR1/SIGUSR2; a watchdog restart; a start
 //! timeout restart (`--start-timeout`).
 
-use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 
@@ -32,9 +31,7 @@ fn send(pid: u32, sig: Signal) {
     kill(Pid::from_raw(pid as i32), sig).expect("send signal");
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
+use lifeline_tests::proc::{is_dead as gone, read_pid};
 
 /// Waits (blocking `wait` in a helper thread) for the supervisor to exit; returns its stderr too.
 fn finish(mut child: Child) -> (ExitStatus, String) {
@@ -47,11 +44,6 @@ fn finish(mut child: Child) -> (ExitStatus, String) {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
     (status, text)
-}
-
-fn gone(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
 
 fn five_handovers(own_group: bool) {

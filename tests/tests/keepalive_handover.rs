@@ -10,7 +10,9 @@ mod keepalive_common;
 use std::path::Path;
 use std::time::Duration;
 
-use keepalive::{Backoff, Command, Config, EventKind, ExitStatus, Notify, Signal, StopOutcome, Supervisor};
+use keepalive::{
+    Backoff, Command, Config, EventKind, ExitStatus, NotifyConfig, Signal, StopOutcome, Supervisor,
+};
 use keepalive_common::{Held, is_gone, next, read_pids, session_members, started_pid, until, wait_gone};
 use lifeline_tests::wait_for;
 
@@ -19,12 +21,7 @@ const CRASH_LOOPER: &str = env!("CARGO_BIN_EXE_keepalive-crash-looper");
 const NOTIFY: &str = env!("CARGO_BIN_EXE_keepalive-notify");
 
 fn subreaper_config(pid_file: &Path) -> Config {
-    Config {
-        notify: Notify::PrivateDir,
-        pid_file: Some(pid_file.to_path_buf()),
-        subreaper: true,
-        ..Config::default()
-    }
+    Config::default().notify(NotifyConfig::new()).pid_file(pid_file.to_path_buf()).subreaper(true)
 }
 
 fn log_has(log: &Path, generation: u32, pid: u32) {
@@ -112,7 +109,7 @@ async fn orphans_reparented_to_the_subreaper_are_reaped() {
         "--plan",
         "0,60000",
     ]);
-    let config = Config { subreaper: true, ..Config::default() };
+    let config = Config::default().subreaper(true);
     let supervised = Supervisor::new(command)
         .config(config)
         .policy(Backoff::scaled(Duration::from_millis(10)))
@@ -187,7 +184,7 @@ async fn mainpid_naming_an_unrelated_child_of_this_process_is_ignored() {
         "--done",
         &dir.path().join("done").display().to_string(),
     ]);
-    let config = Config { notify: Notify::PrivateDir, subreaper: true, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new()).subreaper(true);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
     let main = supervised.pid().expect("pid");
     let mut events = supervised.events();
@@ -217,7 +214,7 @@ async fn a_child_of_this_process_that_is_not_the_services_is_never_reaped() {
         "0,60000",
     ]);
     let supervised = Supervisor::new(command)
-        .config(Config { subreaper: true, ..Config::default() })
+        .config(Config::default().subreaper(true))
         .policy(Backoff::scaled(Duration::from_millis(10)))
         .spawn()
         .expect("spawn");

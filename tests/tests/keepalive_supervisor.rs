@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use keepalive::{
-    Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, Notify, Readiness,
-    Signal, Snapshot, StopOutcome, Supervisor,
+    Backoff, Command, Config, Decision, Error, EventKind, ExitStatus, Finished, Lifetime, NotifyAddress,
+    NotifyConfig, Readiness, Signal, Snapshot, StopOutcome, Supervisor,
 };
 use keepalive_common::{Held, is_gone, kill, next, read_pids, started_pid, until, wait_gone};
 use lifeline_tests::wait_for;
@@ -127,7 +127,7 @@ async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period_with_its_chil
     let grace = Duration::from_millis(300);
     let supervised =
         Supervisor::new(Command::new(STUBBORN).args(["--pids", &path(&pids_file), "--children", "2"]))
-            .config(Config { grace, ..Config::default() })
+            .config(Config::default().grace(grace))
             .spawn()
             .expect("spawn");
     let pids = read_pids(&pids_file);
@@ -155,7 +155,7 @@ async fn a_child_ignoring_sigterm_is_killed_after_the_grace_period_with_its_chil
 async fn a_cooperative_service_stops_within_the_grace_period_and_the_pid_file_goes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("svc.pid");
-    let config = Config { pid_file: Some(pid_file.clone()), stop_signal: Signal::INT, ..Config::default() };
+    let config = Config::default().pid_file(pid_file.clone()).stop_signal(Signal::INT);
     let supervised = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn().expect("spawn");
     let pid = supervised.pid().expect("pid");
     assert_eq!(std::fs::read_to_string(&pid_file).expect("pid file"), format!("{pid}\n"));
@@ -174,7 +174,7 @@ async fn the_stop_signal_arrives_exactly_once() {
     // Many servers read a second SIGTERM as "stop now"; the group and the pidfd must not both get it.
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
-    let config = Config { stop_signal: Signal::USR1, grace: Duration::from_millis(300), ..Config::default() };
+    let config = Config::default().stop_signal(Signal::USR1).grace(Duration::from_millis(300));
     let supervised = Supervisor::new(Command::new(SIGNALS).args(["--log", &path(&log)]))
         .config(config)
         .spawn()
@@ -192,7 +192,7 @@ async fn the_stop_signal_arrives_exactly_once() {
 async fn detach_then_adopt_resumes_supervision() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_file = dir.path().join("svc.pid");
-    let config = || Config { pid_file: Some(pid_file.clone()), ..Config::default() };
+    let config = || Config::default().pid_file(pid_file.clone());
     let mut supervised =
         Supervisor::new(Command::new("sleep").arg("600")).config(config()).spawn().expect("spawn");
     let pid = supervised.pid().expect("pid");
@@ -287,7 +287,7 @@ async fn the_pid_file_under_rapid_restarts_is_never_seen_empty_or_partial() {
     let pid_file = dir.path().join("svc.pid");
     let immediately = |_: &keepalive::Exit| Decision::Restart { after: Duration::ZERO };
     let supervised = Supervisor::new(crash_looper(&dir.path().join("starts"), &[]))
-        .config(Config { pid_file: Some(pid_file.clone()), ..Config::default() })
+        .config(Config::default().pid_file(pid_file.clone()))
         .policy(immediately)
         .spawn()
         .expect("spawn");
@@ -327,7 +327,7 @@ async fn the_pid_file_under_rapid_restarts_is_never_seen_empty_or_partial() {
 async fn the_state_file_follows_the_main_process_and_readiness_and_a_stop_removes_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (state, go) = (dir.path().join("svc.state"), dir.path().join("go"));
-    let config = Config { state_file: Some(state.clone()), notify: Notify::PrivateDir, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new()).state_file(state.clone());
     // READY=1 only once `go` exists (exec: the same process, still the main pid, sends it).
     let script = format!(
         "while [ ! -e {} ]; do sleep 0.05; done; exec {NOTIFY} --via sd-notify --done {}",
@@ -357,8 +357,7 @@ async fn a_failed_pid_file_write_keeps_supervising_and_is_retried_until_it_succe
     let run = dir.path().join("run");
     std::fs::create_dir(&run).expect("mkdir");
     let (pid_file, state) = (run.join("svc.pid"), run.join("svc.state"));
-    let config =
-        Config { pid_file: Some(pid_file.clone()), state_file: Some(state.clone()), ..Config::default() };
+    let config = Config::default().pid_file(pid_file.clone()).state_file(state.clone());
     let supervised = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn().expect("spawn");
     let first = supervised.pid().expect("pid");
     let mut events = supervised.events();
@@ -381,8 +380,8 @@ async fn a_failed_pid_file_write_keeps_supervising_and_is_retried_until_it_succe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_started_counts_a_service_with_a_notify_socket_ready_at_once() {
-    let notified = Config { notify: Notify::PrivateDir, ..Config::default() };
-    let started = Config { readiness: Readiness::Started, ..notified.clone() };
+    let notified = Config::default().notify(NotifyConfig::new());
+    let started = Config::default().notify(NotifyConfig::new().readiness(Readiness::Started));
     let sleeper = || Supervisor::new(Command::new("sleep").arg("600"));
     let waiting = sleeper().config(notified).spawn().expect("spawn");
     assert!(!waiting.status().ready, "by default READY=1 is awaited when notify is on");
@@ -423,7 +422,7 @@ async fn leftovers_survive_when_group_cleanup_is_off() {
         &["--orphan-on", "0", "--orphan", &path(&orphan_file), "--plan", "0,60000"],
     );
     let supervised = Supervisor::new(command)
-        .config(Config { stop_group_on_crash: false, ..Config::default() })
+        .config(Config::default().stop_group_on_crash(false))
         .policy(Backoff::scaled(Duration::from_millis(10)))
         .spawn()
         .expect("spawn");
@@ -454,12 +453,8 @@ async fn a_watchdog_timeout_restarts_a_service_that_stops_pinging() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
     let interval = Duration::from_millis(400);
-    let config = Config {
-        notify: Notify::PrivateDir,
-        watchdog: Some(interval),
-        grace: Duration::from_secs(2),
-        ..Config::default()
-    };
+    let config =
+        Config::default().notify(NotifyConfig::new().watchdog(interval)).grace(Duration::from_secs(2));
     let seen = events_until_the_second_start(
         Command::new(WATCHDOG).args(["--log", &path(&log), "--pings", "3"]),
         config,
@@ -483,16 +478,9 @@ async fn a_watchdog_timeout_restarts_a_service_that_stops_pinging() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watchdog_needs_notification() {
-    let config = Config { watchdog: Some(Duration::from_secs(1)), ..Config::default() };
-    let result = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn();
-    assert!(matches!(result, Err(Error::WatchdogWithoutNotify)), "{result:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_never_sends_ready_is_stopped_and_restarted_after_the_start_timeout() {
     let timeout = Duration::from_millis(300);
-    let config = Config { notify: Notify::PrivateDir, start_timeout: Some(timeout), ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new().start_timeout(timeout));
     // `sleep` never sends READY=1 and dies of the stop signal (SIGTERM).
     let seen = events_until_the_second_start(Command::new("sleep").arg("600"), config).await;
 
@@ -517,7 +505,7 @@ async fn a_service_that_never_sends_ready_is_stopped_and_restarted_after_the_sta
 async fn a_service_that_sends_ready_in_time_is_not_timed_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let timeout = Duration::from_millis(300);
-    let config = Config { notify: Notify::PrivateDir, start_timeout: Some(timeout), ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new().start_timeout(timeout));
     let command =
         Command::new(NOTIFY).args(["--via", "sd-notify", "--done", &path(&dir.path().join("done"))]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
@@ -536,30 +524,14 @@ async fn a_service_that_sends_ready_in_time_is_not_timed_out() {
     supervised.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_timeout_needs_readiness_notification() {
-    for config in [
-        Config { start_timeout: Some(Duration::from_secs(1)), ..Config::default() },
-        Config {
-            start_timeout: Some(Duration::from_secs(1)),
-            notify: Notify::PrivateDir,
-            readiness: Readiness::Started,
-            ..Config::default()
-        },
-    ] {
-        let result = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn();
-        assert!(matches!(result, Err(Error::StartTimeoutWithoutReadiness)), "{result:?}");
-    }
-}
-
 async fn ready_and_status_via(via: &str) {
-    ready_and_status_over(via, Notify::PrivateDir).await;
+    ready_and_status_over(via, NotifyAddress::PrivateDir).await;
 }
 
-async fn ready_and_status_over(via: &str, notify: Notify) {
+async fn ready_and_status_over(via: &str, address: NotifyAddress) {
     let dir = tempfile::tempdir().expect("tempdir");
     let done = dir.path().join("done");
-    let config = Config { notify, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new().address(address));
     let command =
         Command::new(NOTIFY).args(["--via", via, "--status", "up and running", "--done", &path(&done)]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
@@ -592,7 +564,7 @@ async fn ready_status_and_barrier_from_libsystemd() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_status_and_barrier_from_libsystemd_over_an_abstract_socket() {
-    ready_and_status_over("libsystemd", Notify::Abstract).await;
+    ready_and_status_over("libsystemd", NotifyAddress::Abstract).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +582,7 @@ async fn ready_status_and_barrier_from_systemd_notify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_from_a_process_other_than_the_main_pid_are_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new());
     let command = Command::new(NOTIFY).args(["--from-child", "--done", &path(&dir.path().join("done"))]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
     let mut events = supervised.events();
@@ -626,7 +598,7 @@ async fn mainpid_naming_a_process_outside_the_service_is_ignored() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Our child, but not the service's: following it would let the service make us kill it.
     let mut stranger = std::process::Command::new("sleep").arg("600").spawn().expect("spawn sleep");
-    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new());
     let command = Command::new(NOTIFY).args([
         "--mainpid",
         &stranger.id().to_string(),
@@ -650,7 +622,7 @@ async fn mainpid_naming_a_process_of_an_earlier_session_of_the_service_is_ignore
     // Session ids of earlier main processes are no longer the service's (and can be reused by
     // anyone once empty): only the current main process's session, or its descendants, count.
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config { notify: Notify::PrivateDir, ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new());
     let supervised = Supervisor::new(Command::new(STRAY).args(["--dir", &path(dir.path())]))
         .config(config)
         .policy(Backoff::scaled(Duration::from_millis(10)))
@@ -675,13 +647,9 @@ async fn mainpid_naming_a_process_of_an_earlier_session_of_the_service_is_ignore
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_durations_from_the_config_and_the_service_never_overflow() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config {
-        notify: Notify::PrivateDir,
-        watchdog: Some(Duration::MAX),
-        start_timeout: Some(Duration::MAX),
-        grace: Duration::MAX,
-        ..Config::default()
-    };
+    let config = Config::default()
+        .notify(NotifyConfig::new().watchdog(Duration::MAX).start_timeout(Duration::MAX))
+        .grace(Duration::MAX);
     let restarts = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let policy = {
         let restarts = restarts.clone();
@@ -715,7 +683,7 @@ async fn absurd_durations_from_the_config_and_the_service_never_overflow() {
 async fn a_watchdog_beyond_u64_microseconds_reaches_the_service_saturated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
-    let config = Config { notify: Notify::PrivateDir, watchdog: Some(Duration::MAX), ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new().watchdog(Duration::MAX));
     let command = Command::new(WATCHDOG).args(["--log", &path(&log), "--pings", "0"]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
     let pid = supervised.pid().expect("pid");
@@ -729,7 +697,7 @@ async fn a_watchdog_beyond_u64_microseconds_reaches_the_service_saturated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_grace_period_still_stops_a_cooperative_service() {
-    let config = Config { grace: Duration::MAX, ..Config::default() };
+    let config = Config::default().grace(Duration::MAX);
     let supervised = Supervisor::new(Command::new("sleep").arg("600")).config(config).spawn().expect("spawn");
     let pid = supervised.pid().expect("pid");
     assert!(matches!(supervised.stop().await.expect("stop"), StopOutcome::Exited { pid: p, .. } if p == pid));
@@ -759,7 +727,7 @@ async fn following_mainpid_without_a_subreaper() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("log");
     let pid_file = dir.path().join("svc.pid");
-    let config = Config { notify: Notify::PrivateDir, pid_file: Some(pid_file.clone()), ..Config::default() };
+    let config = Config::default().notify(NotifyConfig::new()).pid_file(pid_file.clone());
     let command = Command::new(HANDOVER).args(["--log", &path(&log), "--own-group"]);
     let supervised = Supervisor::new(command).config(config).spawn().expect("spawn");
     let mut events = supervised.events();
@@ -800,10 +768,7 @@ async fn following_mainpid_without_a_subreaper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_that_dies_with_its_supervisor_cannot_be_detached_and_dies_when_it_is_killed() {
     let mut supervised = Supervisor::new(Command::new("sleep").arg("600"))
-        .config(Config {
-            lifetime: Lifetime::DieWithSupervisor { signal: Signal::TERM },
-            ..Config::default()
-        })
+        .config(Config::default().lifetime(Lifetime::DieWithSupervisor { signal: Signal::TERM }))
         .spawn()
         .expect("spawn");
     let pid = supervised.pid().expect("pid");
@@ -828,10 +793,7 @@ async fn a_service_that_dies_with_its_supervisor_cannot_be_detached_and_dies_whe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_handle_stops_a_service_that_dies_with_its_supervisor() {
     let supervised = Supervisor::new(Command::new("sleep").arg("600"))
-        .config(Config {
-            lifetime: Lifetime::DieWithSupervisor { signal: Signal::TERM },
-            ..Config::default()
-        })
+        .config(Config::default().lifetime(Lifetime::DieWithSupervisor { signal: Signal::TERM }))
         .spawn()
         .expect("spawn");
     let pid = supervised.pid().expect("pid");
@@ -844,7 +806,7 @@ async fn failures_to_start_are_typed_errors() {
     let missing = Supervisor::new(Command::new("/nonexistent/keepalive-test-program")).spawn();
     assert!(matches!(missing, Err(Error::Spawn { .. })), "{missing:?}");
     let dir = tempfile::tempdir().expect("tempdir");
-    let bad_pid_file = Config { pid_file: Some(dir.path().join("missing-dir/svc.pid")), ..Config::default() };
+    let bad_pid_file = Config::default().pid_file(dir.path().join("missing-dir/svc.pid"));
     let result = Supervisor::new(Command::new("sleep").arg("600")).config(bad_pid_file).spawn();
     assert!(matches!(result, Err(Error::PidFile { .. })), "{result:?}");
 }

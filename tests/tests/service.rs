@@ -26,13 +26,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-fn is_dead(pid: u32) -> bool {
-    if kill(Pid::from_raw(pid as i32), None).is_err() {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
-}
+use lifeline_tests::proc::is_dead;
 
 /// Whether somebody holds the lock on `path` (`flock -n` fails).
 fn locked(path: &Path) -> bool {

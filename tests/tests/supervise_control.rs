@@ -46,8 +46,7 @@ fn status(socket: &Path) -> (Option<i32>, serde_json::Value) {
 }
 
 fn is_dead(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    u32::try_from(pid).map_or(true, lifeline_tests::proc::is_dead)
 }
 
 #[test]

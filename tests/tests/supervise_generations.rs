@@ -3,7 +3,7 @@
 //! and restarts through the supervisor's own control socket (`--control`, `--handover-signal`),
 //! with the `service-server` fixture (a real `lifeline::service` server) and `keepalive-handover`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -25,18 +25,7 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
 
-/// Gone, or a zombie nobody reaped yet.
-fn is_dead(pid: u32) -> bool {
-    if kill(Pid::from_raw(pid as i32), None).is_err() {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
-}
-
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
+use lifeline_tests::proc::{is_dead, read_pid};
 
 /// `lifeline supervise [sup_args] -- service-server …` with its files in a temporary directory
 /// (`{dir}` in `sup_args` names it).

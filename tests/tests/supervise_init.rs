@@ -34,14 +34,7 @@ fn wait_exit(child: &mut Child) -> ExitStatus {
     wait_for("the namespace's init to exit", || child.try_wait().unwrap())
 }
 
-/// The pids (in our namespace) of the children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
+use lifeline_tests::proc::children;
 
 /// `pid` and everything below it, as the host sees them.
 fn tree(pid: u32) -> Vec<u32> {

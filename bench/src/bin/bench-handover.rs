@@ -402,38 +402,31 @@ fn bare_pipe(bytes: &Arc<Vec<u8>>) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
-/// handover's state pipe: what `StateWriter::send` and `StateReader::recv` do — a frame encoded
-/// (postcard), written into a pipe on one thread; read (`read_frame`, the limit checked before
-/// allocating) and decoded on another. With `raw`, what `StateWriter::send_raw` does instead:
-/// the header, then the bytes as they are.
+/// handover's state pipe: `StateWriter::send` — a frame encoded (postcard), written into a pipe
+/// on one thread; `StateReader::recv_frame` (the limit checked before allocating) and decoding on
+/// another. With `raw`, `StateWriter::send_raw` instead: the header, then the bytes as they are.
 fn frame_pipe(
     bytes: &Arc<Vec<u8>>,
     runtime: &tokio::runtime::Runtime,
     raw: bool,
 ) -> anyhow::Result<Duration> {
-    use tokio::io::AsyncWriteExt as _;
     let limit = 1 << 30;
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let data = Arc::clone(bytes);
     let start = Instant::now();
     let writer = runtime.spawn(async move {
-        let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(tx)?;
+        let tx = tokio::net::unix::pipe::Sender::from_owned_fd(tx)?;
+        let mut writer = handover::StateWriter::over(tx, limit);
         if raw {
-            let mut header = Vec::with_capacity(handover::HEADER_LEN);
-            header.extend_from_slice(&handover::STATE_MAGIC);
-            header.extend_from_slice(&1u32.to_le_bytes());
-            header.extend_from_slice(&u32::try_from(data.len())?.to_le_bytes());
-            tx.write_all(&header).await?;
-            tx.write_all(&data).await?;
+            writer.send_raw(1, &data).await?;
         } else {
-            let frame = handover::encode_frame(1, &Blob(&data), limit)?;
-            tx.write_all(&frame).await?;
+            writer.send(1, &Blob(&data)).await?;
         }
         anyhow::Ok(())
     });
     let got = runtime.block_on(async move {
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(rx)?;
-        let frame = handover::read_frame(&mut rx, limit).await?.context("no frame")?;
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(rx)?;
+        let frame = handover::StateReader::over(rx, limit).recv_frame().await?.context("no frame")?;
         let len = if raw { frame.payload.len() } else { frame.decode_borrowed::<Blob<'_>>(1)?.0.len() };
         anyhow::Ok(len)
     })?;

@@ -164,7 +164,11 @@ impl fmt::Display for ReloadEvent<CaInfo> {
         match self {
             ReloadEvent::Reloaded(info) => write!(f, "reloaded {}", info.summary()),
             ReloadEvent::Failed(err) => {
-                write!(f, "client CA reload failed, still using the previous bundle: {err}")
+                write!(
+                    f,
+                    "client CA reload failed, still using the previous bundle: {}",
+                    crate::error::chain(&**err)
+                )
             }
             ReloadEvent::ExpiresSoon { info, remaining } => {
                 write!(f, "a client CA expires in {} days ({})", remaining.as_secs() / 86_400, info.summary())

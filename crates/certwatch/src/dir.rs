@@ -301,7 +301,7 @@ impl Shared {
                 }
                 Found::Failed(err) => {
                     self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pair = %stem, "refused, keeping what was served: {err}");
+                    tracing::warn!(pair = %stem, "refused, keeping what was served: {}", crate::error::chain(&err));
                     let _ = self.events.send(ReloadEvent::Failed(Arc::new(err)));
                 }
                 Found::Gone => {
@@ -597,7 +597,7 @@ async fn reload(shared: &Arc<Shared>, stems: Vec<String>) {
     let me = Arc::clone(shared);
     match crate::load::run(shared.config.load_on, move || Ok(me.load(&stems))).await {
         Ok(found) => shared.apply(found, false),
-        Err(err) => tracing::warn!("reload failed: {err}"),
+        Err(err) => tracing::warn!("reload failed: {}", crate::error::chain(&err)),
     }
 }
 

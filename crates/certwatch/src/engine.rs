@@ -129,7 +129,7 @@ impl<L: Loader> Shared<L> {
             }
             Err(err) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                let message = err.to_string();
+                let message = crate::error::chain(&err);
                 let err = Arc::new(err);
                 if trigger == Trigger::Change && reported.last_error.as_deref() == Some(message.as_str()) {
                     tracing::debug!(?trigger, "reload still failing: {message}");

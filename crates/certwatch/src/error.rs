@@ -11,7 +11,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be opened, inspected or read (missing, permission denied, I/O error).
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
@@ -108,10 +108,9 @@ pub enum Error {
     NoCryptoProvider,
 
     /// A custom [`CertSource`](crate::CertSource) failed.
-    #[error("{source}")]
+    #[error(transparent)]
     Source {
         /// The source's own error.
-        #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
@@ -147,4 +146,18 @@ pub(crate) fn one_line(reason: &str) -> String {
     } else {
         line
     }
+}
+
+/// An error and each of its sources on one line, joined by `: `, for text that leaves the
+/// process or is read by a person without a chain printer (a restart's failure reason, an event).
+/// The messages never repeat their source, so each cause appears exactly once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let _ = write!(line, ": {cause}");
+        next = cause.source();
+    }
+    line
 }

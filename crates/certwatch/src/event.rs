@@ -49,7 +49,11 @@ impl fmt::Display for ReloadEvent<CertInfo> {
                 info.remaining_at(std::time::SystemTime::now()).as_secs() / 86_400
             ),
             ReloadEvent::Failed(err) => {
-                write!(f, "certificate reload failed, still serving the previous one: {err}")
+                write!(
+                    f,
+                    "certificate reload failed, still serving the previous one: {}",
+                    crate::error::chain(&**err)
+                )
             }
             ReloadEvent::ExpiresSoon { info, remaining } => {
                 write!(

@@ -42,7 +42,7 @@ pub enum Error {
     /// The file system refuses locks altogether (`ENOLCK`, `ENOTSUP`/`EOPNOTSUPP`): some network
     /// and FUSE file systems. Try the other [`LockPrimitive`](crate::LockPrimitive), or another
     /// directory.
-    #[error("the file system of {} does not support locking: {source}", path.display())]
+    #[error("the file system of {} does not support locking", path.display())]
     Unsupported {
         /// The lock file.
         path: PathBuf,
@@ -109,7 +109,7 @@ pub enum Error {
     },
 
     /// Any other system call failure, with the operation and path it concerned.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}", path.display())]
     Io {
         /// What was being done (`create lock file`, `write pid to`, `unlink`, ...).
         op: &'static str,

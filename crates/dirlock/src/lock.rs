@@ -66,7 +66,7 @@ impl Drop for UnlinkOnDrop {
             return;
         }
         if let Err(err) = self.unlink() {
-            tracing::warn!(path = %self.path.display(), %err, "cannot unlink lock file on release");
+            tracing::warn!(path = %self.path.display(), error = &err as &dyn std::error::Error, "cannot unlink lock file on release");
         }
     }
 }
@@ -197,7 +197,7 @@ impl DirLock {
             Err(err) => {
                 // Not seen in practice (the fd was just used); the file is then left behind on
                 // release, which is harmless, rather than unlinked unchecked.
-                tracing::warn!(path = %path.display(), %err, "cannot stat the lock file; it will not be unlinked");
+                tracing::warn!(path = %path.display(), error = &err as &dyn std::error::Error, "cannot stat the lock file; it will not be unlinked");
                 None
             }
         };
@@ -341,7 +341,7 @@ impl Adopted {
         let Adopted { fd, dir, path } = self;
         let pid = std::process::id();
         if let Err(err) = lockfile::write_pid(fd.as_fd(), &path, pid, true) {
-            tracing::warn!(path = %path.display(), %err, "cannot write our pid into the adopted lock file");
+            tracing::warn!(path = %path.display(), error = &err as &dyn std::error::Error, "cannot write our pid into the adopted lock file");
         }
         DirLock::from_parts(fd, dir, path, pid)
     }

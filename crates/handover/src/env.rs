@@ -5,15 +5,15 @@ use std::os::fd::RawFd;
 use crate::Error;
 
 /// `name=fd,name=fd,...`: the named file descriptors a successor inherits.
-pub const LIFELINE_FDS: &str = "LIFELINE_FDS";
+pub(crate) const LIFELINE_FDS: &str = "LIFELINE_FDS";
 /// The fd number of the read end of the state pipe in the successor.
-pub const LIFELINE_STATE_FD: &str = "LIFELINE_STATE_FD";
+pub(crate) const LIFELINE_STATE_FD: &str = "LIFELINE_STATE_FD";
 /// The fd number of the write end of the readiness pipe in the successor.
-pub const LIFELINE_READY_FD: &str = "LIFELINE_READY_FD";
+pub(crate) const LIFELINE_READY_FD: &str = "LIFELINE_READY_FD";
 /// The pid of the process that started the successor: the variables above are meant for a
 /// process whose parent has this pid, like systemd's `LISTEN_PID` (an unrelated descendant that
 /// inherited the environment ignores them).
-pub const LIFELINE_PARENT_PID: &str = "LIFELINE_PARENT_PID";
+pub(crate) const LIFELINE_PARENT_PID: &str = "LIFELINE_PARENT_PID";
 
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
@@ -46,7 +46,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 
 /// Formats `LIFELINE_FDS`: `name=fd` pairs joined by `,`. Names must be valid
 /// ([`validate_name`]); the registry checks them on registration.
-pub fn format_fds<'a>(fds: impl IntoIterator<Item = (&'a str, RawFd)>) -> String {
+pub(crate) fn format_fds<'a>(fds: impl IntoIterator<Item = (&'a str, RawFd)>) -> String {
     let mut out = String::new();
     for (name, fd) in fds {
         if !out.is_empty() {
@@ -61,7 +61,7 @@ pub fn format_fds<'a>(fds: impl IntoIterator<Item = (&'a str, RawFd)>) -> String
 
 /// Parses `LIFELINE_FDS`. The empty string is an empty list. Rejects invalid names, fd numbers
 /// below 3 (the standard streams are never handed over), and an fd or a name that appears twice.
-pub fn parse_fds(value: &str) -> Result<Vec<(String, RawFd)>, Error> {
+pub(crate) fn parse_fds(value: &str) -> Result<Vec<(String, RawFd)>, Error> {
     let bad = |reason: String| Error::Env { var: LIFELINE_FDS, value: value.to_owned(), reason };
     let mut out: Vec<(String, RawFd)> = Vec::new();
     if value.is_empty() {
@@ -185,7 +185,7 @@ pub(crate) fn parse_pid(text: &str) -> Option<u32> {
 /// inherited from an ancestor and are not for us), or when `LISTEN_FDS=0` (with an empty or
 /// missing `LISTEN_FDNAMES`, as libsystemd accepts it). Names come from `LISTEN_FDNAMES` when set
 /// (an empty element stays empty, as in libsystemd), else every fd is named `unknown`.
-pub fn parse_listen_fds(
+pub(crate) fn parse_listen_fds(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
     listen_fdnames: Option<&str>,

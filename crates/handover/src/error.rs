@@ -9,8 +9,11 @@ use std::time::Duration;
 /// Everything that can go wrong while registering, adopting or handing over file descriptors
 /// and state.
 ///
-/// The `Display` text is one lowercase line meant for the person who asked for the restart: a
-/// restart-socket handler can answer `RestartFailed { reason: err.to_string() }` as it is.
+/// The `Display` text is one lowercase line meant for the person who asked for the restart; the
+/// cause (an OS error, ...) is the [`source`](std::error::Error::source), never repeated in the
+/// message. A restart-socket handler answers with the whole chain, e.g.
+/// `RestartFailed { reason: format!("{:#}", anyhow::Error::from(err)) }`, so that the operator
+/// sees why.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -42,7 +45,7 @@ pub enum Error {
     },
 
     /// An inherited file descriptor number is not open in this process.
-    #[error("inherited file descriptor {name:?} (fd {fd}) is not open: {source}")]
+    #[error("inherited file descriptor {name:?} (fd {fd}) is not open")]
     NotOpen {
         /// The name it was passed under.
         name: String,
@@ -68,14 +71,14 @@ pub enum Error {
     },
 
     /// The path of the running executable could not be resolved at start-up.
-    #[error("cannot resolve the path of the running executable: {source}")]
+    #[error("cannot resolve the path of the running executable")]
     Executable {
         /// The error of reading `/proc/self/exe`.
         source: io::Error,
     },
 
     /// The new process could not be started.
-    #[error("cannot start {}: {source}", path.display())]
+    #[error("cannot start {}", path.display())]
     Spawn {
         /// The executable.
         path: PathBuf,
@@ -147,7 +150,7 @@ pub enum Error {
     },
 
     /// The lifecycle handler failed to send the state; the new process was killed.
-    #[error("cannot send the state to the new process: {source}")]
+    #[error("cannot send the state to the new process")]
     SendState {
         /// The handler's error.
         source: io::Error,
@@ -179,28 +182,28 @@ pub enum Error {
     },
 
     /// Reading the state from the predecessor failed.
-    #[error("cannot read the state: {source}")]
+    #[error("cannot read the state")]
     StateRead {
         /// The I/O error.
         source: io::Error,
     },
 
     /// Telling the predecessor that this process is ready failed (it gave up or died).
-    #[error("cannot tell the old process that this one is ready: {source}")]
+    #[error("cannot tell the old process that this one is ready")]
     Ready {
         /// The I/O error.
         source: io::Error,
     },
 
     /// Talking to the service manager over `NOTIFY_SOCKET` failed.
-    #[error("cannot notify the service manager: {source}")]
+    #[error("cannot notify the service manager")]
     Notify {
         /// The I/O error.
         source: io::Error,
     },
 
     /// Writing the pid file failed.
-    #[error("cannot write pid file {}: {source}", path.display())]
+    #[error("cannot write pid file {}", path.display())]
     PidFile {
         /// The pid file.
         path: PathBuf,
@@ -209,7 +212,7 @@ pub enum Error {
     },
 
     /// Connecting to a running process's handover socket failed.
-    #[error("cannot connect to the handover socket {}: {source}", path.display())]
+    #[error("cannot connect to the handover socket {}", path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -225,7 +228,7 @@ pub enum Error {
     },
 
     /// A system call needed for the handover failed.
-    #[error("{op}: {source}")]
+    #[error("cannot {op}")]
     Io {
         /// The operation (`create the readiness pipe`, ...).
         op: &'static str,
@@ -286,4 +289,18 @@ impl fmt::Display for Secs {
             write!(f, "{} ms", self.0.as_millis())
         }
     }
+}
+
+/// An error and each of its sources on one line, joined by `: `, for text that leaves the
+/// process or is read by a person without a chain printer (a restart's failure reason, an event).
+/// The messages never repeat their source, so each cause appears exactly once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let _ = write!(line, ": {cause}");
+        next = cause.source();
+    }
+    line
 }

@@ -339,7 +339,7 @@ impl Handover {
         if let Some(prepared) = pid_file
             && let Err(err) = prepared.persist()
         {
-            tracing::warn!(error = %err, "cannot move the pid file into place");
+            tracing::warn!(error = &err as &dyn std::error::Error, "cannot move the pid file into place");
         }
         tracing::info!(pid, start = ?self.start, "ready");
         Ok(Upgrader::new(self, lifecycle))

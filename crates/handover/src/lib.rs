@@ -57,7 +57,8 @@
 //!         let upgrader = upgrader.clone();
 //!         move || {
 //!             let upgrader = upgrader.clone();
-//!             async move { upgrader.upgrade().await.map_err(|e| e.to_string()) }
+//!             // The whole chain: the message does not repeat its cause (the OS error).
+//!             async move { upgrader.upgrade().await.map_err(|e| format!("{:#}", anyhow::Error::from(e))) }
 //!         }
 //!     };
 //!     # let _ = restart;
@@ -143,17 +144,11 @@ mod tests;
 
 pub use config::Config;
 pub use drain::{Drained, drain};
-pub use env::{
-    LIFELINE_FDS, LIFELINE_PARENT_PID, LIFELINE_READY_FD, LIFELINE_STATE_FD, MAX_NAME_LEN, format_fds,
-    parse_fds, parse_listen_fds, validate_name,
-};
+pub use env::{MAX_NAME_LEN, validate_name};
 pub use error::{Error, ExitReason};
 pub use fds::Origin;
 pub use handover::{Handover, Start};
 pub use lifecycle::LifecycleHandler;
 pub use sealed::{MappedState, SealedState};
-pub use state::{
-    DEFAULT_STATE_LIMIT, HEADER_LEN, STATE_MAGIC, StateFrame, StateReader, StateWriter, encode_frame,
-    parse_header, read_frame,
-};
+pub use state::{DEFAULT_STATE_LIMIT, StateFrame, StateReader, StateWriter};
 pub use upgrader::Upgrader;

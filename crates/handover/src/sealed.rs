@@ -17,7 +17,7 @@ fn required_seals() -> SealFlag {
 
 /// A state frame in a sealed memfd.
 ///
-/// [`SealedState::create`] writes the frame [`encode_frame`] makes into a new memfd and seals it
+/// [`SealedState::create`] writes the state frame (the one [`StateWriter::send`](crate::StateWriter::send) writes) into a new memfd and seals it
 /// (`F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL`); [`SealedState::read`] accepts a
 /// file descriptor only if it carries those seals — so the bytes it reads are the bytes that were
 /// written, whoever else holds the descriptor — and checks the frame's magic, version and size

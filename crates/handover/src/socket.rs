@@ -189,7 +189,10 @@ impl Upgrader {
             match self.hand_over_on(stream).await {
                 Ok(pid) => return Ok(pid),
                 Err(Error::AlreadyUpgraded { pid }) => return Err(Error::AlreadyUpgraded { pid }),
-                Err(err) => tracing::warn!(error = %err, "a successor on the handover socket failed"),
+                Err(err) => tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "a successor on the handover socket failed"
+                ),
             }
         }
     }
@@ -215,7 +218,8 @@ impl Upgrader {
             Ok(guard) => guard,
             Err(err) => {
                 // Best effort: the peer learns why before the connection closes.
-                let _ = send_offer(&mut stream, &Offer::Refuse { reason: err.to_string() }, &[]).await;
+                let _ =
+                    send_offer(&mut stream, &Offer::Refuse { reason: crate::error::chain(&err) }, &[]).await;
                 return Err(err);
             }
         };

@@ -11,9 +11,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use crate::Error;
 
 /// The first bytes of every state frame.
-pub const STATE_MAGIC: [u8; 4] = *b"LLst";
+pub(crate) const STATE_MAGIC: [u8; 4] = *b"LLst";
 /// Magic (4 bytes), version (`u32` LE), payload length (`u32` LE).
-pub const HEADER_LEN: usize = 12;
+pub(crate) const HEADER_LEN: usize = 12;
 /// Default limit on a state payload: checked against the announced length before allocating.
 pub const DEFAULT_STATE_LIMIT: usize = 16 << 20;
 
@@ -52,18 +52,13 @@ impl StateFrame {
     }
 }
 
-/// Encodes `value` as one state frame tagged with `version`.
-///
-/// ```
-/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-/// let frame = handover::encode_frame(2, &(41u64, "counter"), 1024).unwrap();
-/// let read = handover::read_frame(&mut frame.as_slice(), 1024).await.unwrap().unwrap();
-/// assert_eq!(read.decode::<(u64, String)>(2).unwrap(), (41, "counter".to_owned()));
-/// // A reader that expects another version refuses the frame instead of misreading it.
-/// assert!(matches!(read.decode::<(u64, String)>(3), Err(handover::Error::StateVersion { found: 2, expected: 3 })));
-/// # });
-/// ```
-pub fn encode_frame<T: Serialize + ?Sized>(version: u32, value: &T, limit: usize) -> Result<Vec<u8>, Error> {
+/// Encodes `value` as one state frame tagged with `version` (round trips and version refusals:
+/// `state/tests.rs`).
+pub(crate) fn encode_frame<T: Serialize + ?Sized>(
+    version: u32,
+    value: &T,
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
     let encode_err = |e: postcard::Error| Error::StateCorrupt { reason: format!("cannot encode: {e}") };
     // Sized first (no memory traffic), then encoded once into a buffer of exactly that size: a
     // large state is copied once, not once per doubling of a growing buffer.
@@ -96,7 +91,7 @@ fn header(version: u32, len: usize, limit: usize) -> Result<[u8; HEADER_LEN], Er
 }
 
 /// Checks a frame header; returns the version and the payload length (at most `limit`).
-pub fn parse_header(header: &[u8; HEADER_LEN], limit: usize) -> Result<(u32, usize), Error> {
+pub(crate) fn parse_header(header: &[u8; HEADER_LEN], limit: usize) -> Result<(u32, usize), Error> {
     if header[..4] != STATE_MAGIC {
         return Err(Error::StateCorrupt { reason: "not a lifeline state frame (bad magic)".to_owned() });
     }
@@ -110,7 +105,7 @@ pub fn parse_header(header: &[u8; HEADER_LEN], limit: usize) -> Result<(u32, usi
 
 /// Reads one frame. `Ok(None)` when the stream ends before its first byte: the old process
 /// sent no state.
-pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     reader: &mut R,
     limit: usize,
 ) -> Result<Option<StateFrame>, Error> {
@@ -158,6 +153,13 @@ impl std::fmt::Debug for StateWriter {
 impl StateWriter {
     pub(crate) fn new(inner: impl AsyncWrite + Send + 'static, limit: usize) -> Self {
         StateWriter { inner: Box::pin(inner), limit }
+    }
+
+    /// A writer over any byte stream: for the `bench-handover` benchmark, which measures the
+    /// frame format over a bare pipe. Not part of the API (no semver promise).
+    #[doc(hidden)]
+    pub fn over(inner: impl AsyncWrite + Send + 'static, limit: usize) -> Self {
+        StateWriter::new(inner, limit)
     }
 
     /// Encodes `value` as a frame tagged with `version` and writes it.
@@ -212,6 +214,13 @@ impl std::fmt::Debug for StateReader {
 impl StateReader {
     pub(crate) fn new(inner: impl AsyncRead + Send + 'static, limit: usize) -> Self {
         StateReader { inner: Box::pin(inner), limit }
+    }
+
+    /// A reader over any byte stream: for the `bench-handover` benchmark (see
+    /// [`StateWriter::over`]). Not part of the API (no semver promise).
+    #[doc(hidden)]
+    pub fn over(inner: impl AsyncRead + Send + 'static, limit: usize) -> Self {
+        StateReader::new(inner, limit)
     }
 
     /// Reads one frame without decoding it; `None` when the old process sent nothing.

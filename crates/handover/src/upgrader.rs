@@ -146,7 +146,10 @@ impl Upgrader {
         if self.shared.config.notify {
             let may_take = self.shared.config.ready_timeout.saturating_add(Duration::from_secs(10));
             if let Err(err) = notify::reloading(may_take) {
-                tracing::warn!(error = %err, "cannot tell the service manager an upgrade runs");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot tell the service manager an upgrade runs"
+                );
             }
         }
     }
@@ -162,11 +165,17 @@ impl Upgrader {
                 Ok(pid)
             }
             Err(err) => {
-                tracing::warn!(error = %err, "upgrade failed; this process keeps serving");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "upgrade failed; this process keeps serving"
+                );
                 if self.shared.config.notify
                     && let Err(err) = notify::still_ready()
                 {
-                    tracing::warn!(error = %err, "cannot tell the service manager the upgrade is over");
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot tell the service manager the upgrade is over"
+                    );
                 }
                 lifecycle.new_process_failed().await;
                 Err(err)
@@ -181,7 +190,10 @@ impl Upgrader {
         if self.shared.config.notify
             && let Err(err) = notify::handed_over(pid)
         {
-            tracing::warn!(error = %err, "cannot tell the service manager about the new main pid");
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot tell the service manager about the new main pid"
+            );
         }
         // The pid file is the successor's now: it moves its own into place after telling us.
         // The successor holds its own copies now; ours would only keep sockets open — unless this
@@ -229,12 +241,18 @@ impl Upgrader {
         if self.shared.config.notify
             && let Err(err) = notify::rolled_back(me, successor)
         {
-            tracing::warn!(error = %err, "cannot tell the service manager this process is the main one again");
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot tell the service manager this process is the main one again"
+            );
         }
         if let Some(path) = &self.shared.config.pid_file
             && let Err(err) = crate::pidfile::write(path, me)
         {
-            tracing::warn!(error = %err, "cannot point the pid file back at this process");
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot point the pid file back at this process"
+            );
         }
         tracing::warn!(successor, "rolled back: this process serves again");
         Ok(())

@@ -1,5 +1,5 @@
-//! What to run and how to supervise it: [`Command`], [`Config`], [`Lifetime`], [`Notify`],
-//! [`Readiness`].
+//! What to run and how to supervise it: [`Command`], [`Config`], [`Lifetime`], [`Notify`]
+//! ([`NotifyConfig`], [`NotifyAddress`], [`Readiness`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,8 +10,10 @@ use crate::signal::Signal;
 
 /// The command to run: program, arguments, environment, working directory.
 ///
-/// Plain UTF-8 strings so a [`Snapshot`](crate::Snapshot) can carry it as JSON.
+/// Plain UTF-8 strings so a [`Snapshot`](crate::Snapshot) can carry it as JSON. Built with
+/// [`Command::new`] and its setters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Command {
     /// The program: a path, or a name looked up in `PATH`.
     pub program: String,
@@ -108,19 +110,28 @@ pub enum Lifetime {
     },
 }
 
-/// Readiness notification: serving systemd's `NOTIFY_SOCKET` protocol to the service.
+/// Readiness notification: serving systemd's `NOTIFY_SOCKET` protocol to the service, and what
+/// only works with it (a watchdog, a start timeout), so that neither can be asked for without it.
+///
+/// ```
+/// use std::time::Duration;
+/// use keepalive::{Config, NotifyConfig};
+///
+/// let config = Config::default().notify(
+///     NotifyConfig::new().start_timeout(Duration::from_secs(90)).watchdog(Duration::from_secs(30)),
+/// );
+/// assert!(config.notify.is_on());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Notify {
-    /// No `NOTIFY_SOCKET`; the service counts as ready (healthy) as soon as it starts. The default.
+    /// No `NOTIFY_SOCKET`; the service counts as ready (healthy) as soon as it starts, or when
+    /// its startup probe passes. The default.
     #[default]
     Off,
-    /// A unix datagram socket in a private temporary directory (mode 0700); `NOTIFY_SOCKET` is its
-    /// path. Every client accepts it (libsystemd, `systemd-notify`, the sd-notify crate).
-    PrivateDir,
-    /// An abstract unix socket; `NOTIFY_SOCKET=@name`. Nothing on disk, but reachable by any process
-    /// in the same network namespace (messages are still accepted only from the main pid), and
-    /// the sd-notify crate (0.5) does not support it; libsystemd and `systemd-notify` do.
-    Abstract,
+    /// A `NOTIFY_SOCKET` is served: `READY=1` marks the service healthy (unless
+    /// [`Readiness::Started`]), `MAINPID=` moves supervision to a successor, `WATCHDOG=1` feeds
+    /// the watchdog.
+    On(NotifyConfig),
 }
 
 impl Notify {
@@ -128,24 +139,146 @@ impl Notify {
     pub fn is_on(self) -> bool {
         self != Notify::Off
     }
+
+    /// The watchdog interval, if any.
+    pub(crate) fn watchdog(self) -> Option<Duration> {
+        match self {
+            Notify::On(on) => on.watchdog,
+            Notify::Off => None,
+        }
+    }
+
+    /// The start timeout, if any.
+    pub(crate) fn start_timeout(self) -> Option<Duration> {
+        match self {
+            Notify::On(NotifyConfig { readiness: Readiness::Notified { start_timeout }, .. }) => {
+                start_timeout
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a new main process counts as ready at once (no `READY=1` awaited).
+    pub(crate) fn ready_at_start(self) -> bool {
+        !matches!(self, Notify::On(NotifyConfig { readiness: Readiness::Notified { .. }, .. }))
+    }
 }
 
-/// When a main process counts as ready: from then on its running time is "healthy" for the
-/// restart policy ([`Backoff`](crate::Backoff) forgets past failures after 10 s of it).
+impl From<NotifyConfig> for Notify {
+    fn from(on: NotifyConfig) -> Notify {
+        Notify::On(on)
+    }
+}
+
+/// How the `NOTIFY_SOCKET` is served ([`Notify::On`]). `NotifyConfig::new()`: a socket in a
+/// private directory, ready on `READY=1` (no start timeout), no watchdog; the setters change one
+/// field each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Readiness {
-    /// When it sends `READY=1` on the notify socket; as soon as it starts when [`Config::notify`]
-    /// is off. The default.
+#[non_exhaustive]
+pub struct NotifyConfig {
+    /// Where the socket is (default [`NotifyAddress::PrivateDir`]).
+    pub address: NotifyAddress,
+    /// When a started, adopted or followed main process counts as ready (default: on `READY=1`,
+    /// waiting for ever).
+    pub readiness: Readiness,
+    /// Restart the service when it does not send `WATCHDOG=1` at least this often (default:
+    /// none). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`. An interval too long to be
+    /// added to the current time never expires (so does one the service sets with
+    /// `WATCHDOG_USEC=`); `WATCHDOG_USEC` saturates at `u64::MAX` µs. The signal is
+    /// [`Config::watchdog_signal`].
+    pub watchdog: Option<Duration>,
+}
+
+impl NotifyConfig {
+    /// The defaults: a private directory, ready on `READY=1`, no start timeout, no watchdog.
+    pub fn new() -> NotifyConfig {
+        NotifyConfig::default()
+    }
+
+    /// Sets [`NotifyConfig::address`].
+    pub fn address(mut self, address: NotifyAddress) -> NotifyConfig {
+        self.address = address;
+        self
+    }
+
+    /// Sets [`NotifyConfig::readiness`].
+    pub fn readiness(mut self, readiness: Readiness) -> NotifyConfig {
+        self.readiness = readiness;
+        self
+    }
+
+    /// Awaits `READY=1` ([`Readiness::Notified`]) for at most `timeout` after a start.
+    pub fn start_timeout(mut self, timeout: Duration) -> NotifyConfig {
+        self.readiness = Readiness::Notified { start_timeout: Some(timeout) };
+        self
+    }
+
+    /// Sets [`NotifyConfig::watchdog`].
+    pub fn watchdog(mut self, interval: Duration) -> NotifyConfig {
+        self.watchdog = Some(interval);
+        self
+    }
+}
+
+/// Where the `NOTIFY_SOCKET` is ([`NotifyConfig::address`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum NotifyAddress {
+    /// A unix datagram socket in a private temporary directory (mode 0700); `NOTIFY_SOCKET` is its
+    /// path. Every client accepts it (libsystemd, `systemd-notify`, the sd-notify crate). The
+    /// default.
     #[default]
-    Notified,
+    PrivateDir,
+    /// An abstract unix socket; `NOTIFY_SOCKET=@name`. Nothing on disk, but reachable by any process
+    /// in the same network namespace (messages are still accepted only from the main pid), and
+    /// the sd-notify crate (0.5) does not support it; libsystemd and `systemd-notify` do.
+    Abstract,
+}
+
+/// When a main process counts as ready ([`NotifyConfig::readiness`]): from then on its running
+/// time is "healthy" for the restart policy ([`Backoff`](crate::Backoff) forgets past failures
+/// after 10 s of it). Without notification ([`Notify::Off`]) it is ready as soon as it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// When it sends `READY=1` on the notify socket. The default.
+    Notified {
+        /// A started main process that has not sent `READY=1` this long after its start is
+        /// restarted (systemd's `TimeoutStartSec=`; `None`: wait for ever). It is stopped like a
+        /// stop (`stop_signal`, then `SIGKILL` after `grace`) and its exit goes to the restart
+        /// policy as a failure ([`ExitCause::StartTimeout`](crate::ExitCause::StartTimeout)). An
+        /// adopted or `MAINPID=`-followed process is not timed. A timeout too long to be added to
+        /// the current time never expires. (A startup [`Probe`](crate::Probe) has its own limit:
+        /// its `failures`.)
+        start_timeout: Option<Duration>,
+    },
     /// As soon as it starts, even though a notify socket is served: for a service that is given
     /// `NOTIFY_SOCKET` only for the watchdog (`WATCHDOG=1`) and never sends `READY=1`, as under
-    /// `lifeline supervise --watchdog` without `--notify`.
+    /// `lifeline supervise --watchdog` without `--notify`. No start timeout: nothing is awaited.
     Started,
 }
 
-/// How to supervise. `Config::default()` is the seed's behaviour.
+impl Default for Readiness {
+    fn default() -> Readiness {
+        Readiness::Notified { start_timeout: None }
+    }
+}
+
+/// How to supervise. `Config::default()` is the seed's behaviour; the setters change one field
+/// each.
+///
+/// ```
+/// use std::time::Duration;
+/// use keepalive::{Config, NotifyConfig, Signal};
+///
+/// let config = Config::default()
+///     .stop_signal(Signal::INT)
+///     .grace(Duration::from_secs(10))
+///     .pid_file("/run/app.pid")
+///     .notify(NotifyConfig::new().watchdog(Duration::from_secs(30)));
+/// assert_eq!(config.grace, Duration::from_secs(10));
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Sent to the service's process group to stop it (default `SIGTERM`).
     pub stop_signal: Signal,
@@ -170,27 +303,13 @@ pub struct Config {
     /// file is retried (1 s, doubling to 30 s) until it succeeds; the previous file stays intact
     /// meanwhile.
     pub state_file: Option<PathBuf>,
-    /// Serve `NOTIFY_SOCKET` (default: off). With it, `READY=1` marks the service healthy,
+    /// Serve `NOTIFY_SOCKET` (default: off), with when the service counts as ready, its start
+    /// timeout and its watchdog ([`NotifyConfig`]). With it, `READY=1` marks the service healthy,
     /// `MAINPID=` moves supervision to a successor, `WATCHDOG=1` feeds the watchdog.
     pub notify: Notify,
-    /// When a started, adopted or followed main process counts as ready (default: on `READY=1`
-    /// when `notify` is on, at once otherwise).
-    pub readiness: Readiness,
-    /// Restart the service when it does not send `WATCHDOG=1` at least this often (requires
-    /// `notify`). The service finds it in `WATCHDOG_USEC`/`WATCHDOG_PID`. An interval too long to be
-    /// added to the current time never expires (so does one the service sets with
-    /// `WATCHDOG_USEC=`); `WATCHDOG_USEC` saturates at `u64::MAX` µs.
-    pub watchdog: Option<Duration>,
-    /// Sent to a service that missed its watchdog deadline (default `SIGABRT`, as systemd);
-    /// `SIGKILL` follows after `grace`.
+    /// Sent to a service that missed its watchdog deadline ([`NotifyConfig::watchdog`]; default
+    /// `SIGABRT`, as systemd); `SIGKILL` follows after `grace`.
     pub watchdog_signal: Signal,
-    /// Restart a started main process that has not sent `READY=1` this long after its start
-    /// (systemd's `TimeoutStartSec=`; default: wait for ever). It is stopped like a stop
-    /// (`stop_signal`, then `SIGKILL` after `grace`) and its exit goes to the restart policy as a
-    /// failure ([`ExitCause::StartTimeout`](crate::ExitCause::StartTimeout)). Requires `notify`
-    /// with [`Readiness::Notified`]; an adopted or `MAINPID=`-followed process is not timed. A
-    /// timeout too long to be added to the current time never expires.
-    pub start_timeout: Option<Duration>,
     /// Become a child subreaper (`PR_SET_CHILD_SUBREAPER`, process-wide): orphaned descendants of
     /// the service are re-parented to this process instead of init, so a handover successor
     /// becomes our child when its parent exits (its exit status is then known) and orphans are
@@ -257,10 +376,7 @@ impl Default for Config {
             pid_file: None,
             state_file: None,
             notify: Notify::Off,
-            readiness: Readiness::Notified,
-            watchdog: None,
             watchdog_signal: Signal::ABRT,
-            start_timeout: None,
             subreaper: false,
             dedicated: false,
             drain_deadline: None,
@@ -270,5 +386,105 @@ impl Default for Config {
             #[cfg(feature = "tls")]
             probe_tls_provider: None,
         }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::stop_signal`].
+    pub fn stop_signal(mut self, signal: Signal) -> Config {
+        self.stop_signal = signal;
+        self
+    }
+
+    /// Sets [`Config::grace`].
+    pub fn grace(mut self, grace: Duration) -> Config {
+        self.grace = grace;
+        self
+    }
+
+    /// Sets [`Config::lifetime`].
+    pub fn lifetime(mut self, lifetime: Lifetime) -> Config {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// Sets [`Config::stop_group_on_crash`].
+    pub fn stop_group_on_crash(mut self, on: bool) -> Config {
+        self.stop_group_on_crash = on;
+        self
+    }
+
+    /// Sets [`Config::pid_file`].
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Config {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Sets [`Config::state_file`].
+    pub fn state_file(mut self, path: impl Into<PathBuf>) -> Config {
+        self.state_file = Some(path.into());
+        self
+    }
+
+    /// Sets [`Config::notify`]: [`Notify::Off`], or a [`NotifyConfig`].
+    pub fn notify(mut self, notify: impl Into<Notify>) -> Config {
+        self.notify = notify.into();
+        self
+    }
+
+    /// Sets [`Config::watchdog_signal`].
+    pub fn watchdog_signal(mut self, signal: Signal) -> Config {
+        self.watchdog_signal = signal;
+        self
+    }
+
+    /// Sets [`Config::subreaper`].
+    pub fn subreaper(mut self, on: bool) -> Config {
+        self.subreaper = on;
+        self
+    }
+
+    /// Sets [`Config::dedicated`].
+    pub fn dedicated(mut self, on: bool) -> Config {
+        self.dedicated = on;
+        self
+    }
+
+    /// Sets [`Config::drain_deadline`].
+    pub fn drain_deadline(mut self, deadline: Duration) -> Config {
+        self.drain_deadline = Some(deadline);
+        self
+    }
+
+    /// Sets [`Config::max_retired`].
+    pub fn max_retired(mut self, max: usize) -> Config {
+        self.max_retired = Some(max);
+        self
+    }
+
+    /// Sets [`Config::rollback_grace`].
+    pub fn rollback_grace(mut self, grace: Duration) -> Config {
+        self.rollback_grace = grace;
+        self
+    }
+
+    /// Adds a probe to [`Config::probes`] (at most one of each role; a second one fails the start
+    /// with [`Error::ProbeConflict`](crate::Error::ProbeConflict)).
+    pub fn probe(mut self, probe: crate::Probe) -> Config {
+        self.probes.push(probe);
+        self
+    }
+
+    /// Sets [`Config::probes`].
+    pub fn probes(mut self, probes: impl IntoIterator<Item = crate::Probe>) -> Config {
+        self.probes = probes.into_iter().collect();
+        self
+    }
+
+    /// Sets [`Config::probe_tls_provider`] (feature `tls`).
+    #[cfg(feature = "tls")]
+    pub fn probe_tls_provider(mut self, provider: std::sync::Arc<rustls::crypto::CryptoProvider>) -> Config {
+        self.probe_tls_provider = Some(provider);
+        self
     }
 }

@@ -16,7 +16,7 @@ pub enum Error {
         name: String,
     },
     /// The command could not be started (not found, not executable, bad working directory...).
-    #[error("cannot start {program:?}: {source}")]
+    #[error("cannot start {program:?}")]
     Spawn {
         /// The program.
         program: String,
@@ -25,7 +25,7 @@ pub enum Error {
     },
     /// A pidfd could not be opened for a process that exists (the kernel is older than 5.3, or
     /// the file descriptor limit is reached).
-    #[error("cannot open a pidfd for pid {pid}: {source}")]
+    #[error("cannot open a pidfd for pid {pid}")]
     Pidfd {
         /// The process.
         pid: u32,
@@ -74,7 +74,7 @@ pub enum Error {
         found: u32,
     },
     /// This boot's id could not be read (`/proc/sys/kernel/random/boot_id`).
-    #[error("cannot read the boot id: {source}")]
+    #[error("cannot read the boot id")]
     BootId {
         /// The reason.
         source: io::Error,
@@ -91,7 +91,7 @@ pub enum Error {
         reason: String,
     },
     /// `/proc/<pid>/stat` could not be read or parsed.
-    #[error("cannot read /proc/{pid}/stat: {source}")]
+    #[error("cannot read /proc/{pid}/stat")]
     ProcStat {
         /// The process.
         pid: u32,
@@ -99,7 +99,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The pid file could not be written.
-    #[error("cannot write pid file {path}: {source}")]
+    #[error("cannot write pid file {path}")]
     PidFile {
         /// The pid file.
         path: PathBuf,
@@ -107,7 +107,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The state file ([`Config::state_file`](crate::Config::state_file)) could not be written.
-    #[error("cannot write state file {path}: {source}")]
+    #[error("cannot write state file {path}")]
     StateFile {
         /// The state file.
         path: PathBuf,
@@ -116,7 +116,7 @@ pub enum Error {
     },
     /// A snapshot file could not be read ([`Snapshot::read`](crate::Snapshot::read)); a missing
     /// file is `source.kind() == NotFound`.
-    #[error("cannot read snapshot file {path}: {source}")]
+    #[error("cannot read snapshot file {path}")]
     ReadSnapshot {
         /// The file.
         path: PathBuf,
@@ -124,7 +124,7 @@ pub enum Error {
         source: io::Error,
     },
     /// The `NOTIFY_SOCKET` could not be created.
-    #[error("cannot create the notify socket {address}: {source}")]
+    #[error("cannot create the notify socket {address}")]
     NotifySocket {
         /// The socket path, or `@name` for an abstract socket.
         address: String,
@@ -132,13 +132,13 @@ pub enum Error {
         source: io::Error,
     },
     /// `prctl(PR_SET_CHILD_SUBREAPER)` failed.
-    #[error("cannot become a child subreaper: {source}")]
+    #[error("cannot become a child subreaper")]
     Subreaper {
         /// The operating system's reason.
         source: io::Error,
     },
     /// A signal could not be delivered to the service.
-    #[error("cannot send {signal} to pid {pid}: {source}")]
+    #[error("cannot send {signal} to pid {pid}")]
     Signal {
         /// The main pid.
         pid: u32,
@@ -152,14 +152,6 @@ pub enum Error {
     /// left running.
     #[error("cannot detach a service started to die with its supervisor")]
     DetachRefused,
-    /// A watchdog interval was configured without readiness notification: the service would have
-    /// no socket to send `WATCHDOG=1` to.
-    #[error("a watchdog needs readiness notification (notify) to be on")]
-    WatchdogWithoutNotify,
-    /// A start timeout was configured but the service is not awaited to send `READY=1`
-    /// (notification off, or [`Readiness::Started`](crate::Readiness::Started)).
-    #[error("a start timeout needs readiness notification (notify, readiness = Notified)")]
-    StartTimeoutWithoutReadiness,
     /// A restart ([`Supervised::restart`](crate::Supervised::restart)) did not lead to a ready
     /// main process.
     #[error("restart failed: {reason}")]
@@ -188,4 +180,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+}
+
+/// An error and each of its sources on one line, joined by `: `, for text that leaves the
+/// process or is read by a person without a chain printer (a restart's failure reason, an event).
+/// The messages never repeat their source, so each cause appears exactly once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let _ = write!(line, ": {cause}");
+        next = cause.source();
+    }
+    line
 }

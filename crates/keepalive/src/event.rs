@@ -104,7 +104,7 @@ pub enum EventKind {
         pid: u32,
     },
     /// The main process did not send `READY=1` within
-    /// [`Config::start_timeout`](crate::Config::start_timeout); it is being stopped and will be
+    /// its start timeout ([`Readiness::Notified`](crate::Readiness::Notified)); it is being stopped and will be
     /// restarted (as the policy decides).
     StartTimeout {
         /// The main pid.

@@ -70,7 +70,7 @@ pub enum ExitCause {
     OnItsOwn,
     /// It stopped sending `WATCHDOG=1` and the supervisor killed it.
     WatchdogTimeout,
-    /// It did not send `READY=1` within [`Config::start_timeout`](crate::Config::start_timeout)
+    /// It did not send `READY=1` within its start timeout ([`Readiness::Notified`](crate::Readiness::Notified))
     /// and the supervisor stopped it.
     StartTimeout,
     /// A startup or liveness probe failed `failures` times in a row and the supervisor stopped it.

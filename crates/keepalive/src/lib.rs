@@ -48,7 +48,7 @@
 //! let dir = tempfile::tempdir().expect("temp dir");
 //! let pid_file = dir.path().join("sleeper.pid");
 //! let supervised = Supervisor::new(Command::new("sleep").arg("600"))
-//!     .config(Config { grace: Duration::from_secs(2), pid_file: Some(pid_file.clone()), ..Config::default() })
+//!     .config(Config::default().grace(Duration::from_secs(2)).pid_file(&pid_file))
 //!     .policy(Backoff::default().with_give_up(5, Duration::from_secs(60)))
 //!     .spawn()?;
 //! let mut events = supervised.events();
@@ -116,7 +116,7 @@ mod spawn;
 mod supervisor;
 mod sys;
 
-pub use config::{Command, Config, Lifetime, Notify, Readiness};
+pub use config::{Command, Config, Lifetime, Notify, NotifyAddress, NotifyConfig, Readiness};
 pub use error::Error;
 pub use event::{Event, EventKind, Events, RetiredStop};
 pub use exit::{Exit, ExitCause, ExitStatus};

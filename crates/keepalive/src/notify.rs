@@ -11,7 +11,7 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, 
 use tokio::io::unix::AsyncFd;
 
 use crate::Error;
-use crate::config::Notify;
+use crate::config::NotifyAddress;
 
 /// systemd reads at most this much per message (`PIPE_BUF`); longer messages are refused.
 const MAX_MESSAGE: usize = 4096;
@@ -60,13 +60,13 @@ struct OnDisk {
 
 impl NotifySocket {
     /// Creates a fresh socket of the given kind.
-    pub(crate) fn bind(kind: Notify) -> Result<NotifySocket, Error> {
+    pub(crate) fn bind(kind: NotifyAddress) -> Result<NotifySocket, Error> {
         match kind {
-            Notify::Abstract => {
+            NotifyAddress::Abstract => {
                 let name = format!("lifeline-notify/{}/{:016x}", std::process::id(), nonce());
                 Self::bind_abstract(&name)
             }
-            Notify::PrivateDir | Notify::Off => {
+            NotifyAddress::PrivateDir => {
                 let err = |source| Error::NotifySocket {
                     address: std::env::temp_dir().display().to_string(),
                     source,

@@ -107,7 +107,7 @@ pub struct HttpCheck {
 /// let startup = Probe::new(ProbeRole::Startup, Check::Tcp { host: "127.0.0.1".into(), port: 5432 })
 ///     .interval(Duration::from_millis(500));
 /// assert_eq!(startup.to_string(), "startup,interval=500ms,timeout=1s,failures=60:tcp:127.0.0.1:5432");
-/// let config = Config { probes: vec![startup, liveness], ..Config::default() };
+/// let config = Config::default().probe(startup).probe(liveness);
 /// # let _ = config;
 /// # Ok::<(), keepalive::ProbeSyntaxError>(())
 /// ```

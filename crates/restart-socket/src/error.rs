@@ -24,7 +24,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// An existing socket file could not be probed (for instance, no permission to connect).
-    #[error("cannot probe the existing socket {path}: {source}")]
+    #[error("cannot probe the existing socket {path}")]
     Probe {
         /// The socket path.
         path: PathBuf,
@@ -33,7 +33,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Creating, binding, restricting (0600) or moving the socket file into place failed.
-    #[error("cannot create socket {path}: {source}")]
+    #[error("cannot create socket {path}")]
     Bind {
         /// The socket path.
         path: PathBuf,
@@ -50,14 +50,14 @@ pub enum Error {
         reason: String,
     },
     /// Duplicating the listening socket for a successor (or for serving) failed.
-    #[error("cannot duplicate the listening socket: {source}")]
+    #[error("cannot duplicate the listening socket")]
     Dup {
         /// The underlying error.
         #[source]
         source: io::Error,
     },
     /// Installing the SIGUSR1 handler failed.
-    #[error("cannot install the SIGUSR1 handler: {source}")]
+    #[error("cannot install the SIGUSR1 handler")]
     Signal {
         /// The underlying error.
         #[source]
@@ -65,7 +65,7 @@ pub enum Error {
     },
     /// No server at the path: the socket file is missing (`ENOENT`) or nobody accepts on it
     /// (`ECONNREFUSED`, a stale socket of a dead process).
-    #[error("no server at {path}: {source}")]
+    #[error("no server at {path}")]
     NoServer {
         /// The socket path.
         path: PathBuf,
@@ -85,7 +85,7 @@ pub enum Error {
         pid: Option<u32>,
     },
     /// Connecting failed for another reason (permissions, path too long, ...).
-    #[error("cannot connect to {path}: {source}")]
+    #[error("cannot connect to {path}")]
     Connect {
         /// The socket path.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum Error {
         source: io::Error,
     },
     /// Reading or writing a frame failed.
-    #[error("i/o error on the control connection: {source}")]
+    #[error("i/o error on the control connection")]
     Io {
         /// The underlying error.
         #[source]
@@ -114,7 +114,7 @@ pub enum Error {
     FrameTooLarge {
         /// The announced length.
         len: usize,
-        /// The limit ([`MAX_FRAME_LEN`](crate::wire::MAX_FRAME_LEN)).
+        /// The limit ([`MAX_FRAME_LEN`](crate::MAX_FRAME_LEN)).
         max: usize,
     },
     /// The frame carries a protocol version this side does not speak.
@@ -122,7 +122,7 @@ pub enum Error {
     UnsupportedVersion {
         /// The version in the frame.
         got: u32,
-        /// The version this side speaks ([`PROTOCOL_VERSION`](crate::wire::PROTOCOL_VERSION)).
+        /// The version this side speaks ([`PROTOCOL_VERSION`](crate::PROTOCOL_VERSION)).
         expected: u32,
     },
     /// The frame's payload could not be decoded.
@@ -161,4 +161,18 @@ impl Error {
     pub fn is_no_server(&self) -> bool {
         matches!(self, Error::NoServer { .. })
     }
+}
+
+/// An error and each of its sources on one line, joined by `: `, for text that leaves the
+/// process or is read by a person without a chain printer (a restart's failure reason, an event).
+/// The messages never repeat their source, so each cause appears exactly once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let _ = write!(line, ": {cause}");
+        next = cause.source();
+    }
+    line
 }

@@ -4,8 +4,9 @@
 //! The service binds a [`Server`] at a path, gives it a [`RestartHandler`] (usually a
 //! zero-downtime handover to a new process) and a [`StatusProvider`], and serves until a
 //! [`CancellationToken`] is cancelled. Operators and tests
-//! use a [`Client`]. The protocol is in [`wire`]: `u32` little-endian length + postcard payload,
-//! a protocol version in every frame, at most 64 KiB per frame.
+//! use a [`Client`]. The protocol: `u32` little-endian length + postcard payload, a protocol
+//! version ([`PROTOCOL_VERSION`]) in every frame, at most [`MAX_FRAME_LEN`] (64 KiB) per frame;
+//! the messages are [`Request`] and [`Response`].
 //!
 //! # Example
 //!
@@ -74,7 +75,7 @@
 //!   [`Error::UntrustedServer`].
 //! - Peers cannot stall the server: each frame must arrive within
 //!   [`ServerConfig::read_timeout`], connections are capped at
-//!   [`ServerConfig::max_connections`], frames over [`wire::MAX_FRAME_LEN`] are refused before
+//!   [`ServerConfig::max_connections`], frames over [`MAX_FRAME_LEN`] are refused before
 //!   allocation, and anything undecodable gets an error frame and a closed connection.
 //! - One restart at a time: a concurrent request (or SIGUSR1) gets
 //!   [`RESTART_IN_PROGRESS`] at once. A restart that has begun always runs to completion.
@@ -98,13 +99,19 @@ mod error;
 mod handler;
 mod server;
 mod sys;
+// The frame codec is not part of the API (a client is `Client`); it stays reachable, hidden,
+// for this crate's own black-box tests of the server, which send hand-made and broken frames.
+#[doc(hidden)]
 pub mod wire;
 
 pub use client::{Client, ClientConfig, DEFAULT_TIMEOUT, Details};
 pub use error::Error;
 pub use handler::{BoxFuture, RestartHandler, StatusProvider, SupervisorHandler};
 pub use server::{ListenerHandle, RESTART_IN_PROGRESS, Server, ServerConfig};
-pub use wire::{ErrorKind, Request, Response, Status, SupervisorState, SupervisorStatus, unix_millis};
+pub use wire::{
+    ErrorKind, MAX_FRAME_LEN, MAX_MESSAGE_LEN, PROTOCOL_VERSION, Request, Response, Status, SupervisorState,
+    SupervisorStatus, unix_millis,
+};
 
 /// Re-exported so that a server can be stopped without a direct `tokio-util` dependency.
 pub use tokio_util::sync::CancellationToken;

@@ -290,7 +290,7 @@ impl Server {
 
     /// [`serve`](Server::serve) for a supervisor (`lifeline supervise --control`): besides
     /// restarts and the plain status, `supervisor` answers [`Request::Details`] with a
-    /// [`SupervisorStatus`](crate::wire::SupervisorStatus) and takes [`Request::Stop`].
+    /// [`SupervisorStatus`](crate::SupervisorStatus) and takes [`Request::Stop`].
     /// (A server started with [`serve`](Server::serve) answers `Details` with its plain
     /// status and refuses `Stop` with [`ErrorKind::Unsupported`].)
     pub async fn serve_supervisor<R, S>(
@@ -361,7 +361,7 @@ impl Server {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
+                    tracing::warn!(error = &err as &dyn std::error::Error, "accept failed");
                     // Out of descriptors or memory: the pending connection stays queued; give the
                     // process a moment instead of spinning on the same error.
                     tokio::select! {
@@ -426,7 +426,10 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
         let cred = match stream.peer_cred() {
             Ok(cred) => cred,
             Err(err) => {
-                tracing::warn!(error = %err, "cannot read peer credentials; closing the connection");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot read peer credentials; closing the connection"
+                );
                 return None;
             }
         };
@@ -488,7 +491,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
                         ErrorKind::UnsupportedVersion,
                         format!("protocol version {got} is not supported (server speaks {expected})"),
                     ),
-                    Err(err) => (ErrorKind::Malformed, err.to_string()),
+                    Err(err) => (ErrorKind::Malformed, crate::error::chain(&err)),
                 },
                 Ok(Err(ReadError::Eof)) => return,
                 Ok(Err(ReadError::Truncated)) => {
@@ -496,7 +499,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
                     return;
                 }
                 Ok(Err(ReadError::Io(err))) => {
-                    tracing::debug!(error = %err, "read failed");
+                    tracing::debug!(error = &err as &dyn std::error::Error, "read failed");
                     return;
                 }
                 Ok(Err(ReadError::TooLarge(len))) => (
@@ -519,7 +522,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
         match tokio::time::timeout(self.config.write_timeout, stream.write_all(&frame)).await {
             Ok(Ok(())) => true,
             Ok(Err(err)) => {
-                tracing::debug!(error = %err, "cannot write the answer");
+                tracing::debug!(error = &err as &dyn std::error::Error, "cannot write the answer");
                 false
             }
             Err(_) => {
@@ -585,9 +588,9 @@ fn refuse(stream: UnixStream, kind: ErrorKind, message: String) {
     match stream.into_std() {
         Ok(mut std) => {
             if let Err(err) = std.write_all(&frame) {
-                tracing::debug!(error = %err, "cannot send the refusal");
+                tracing::debug!(error = &err as &dyn std::error::Error, "cannot send the refusal");
             }
         }
-        Err(err) => tracing::debug!(error = %err, "cannot send the refusal"),
+        Err(err) => tracing::debug!(error = &err as &dyn std::error::Error, "cannot send the refusal"),
     }
 }

@@ -147,7 +147,7 @@ impl Drop for PrivateDir {
         match nix::unistd::unlinkat(&self.fd, TEMP_NAME, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(err) => {
-                tracing::warn!(path = %self.path.display(), %err, "cannot remove the temporary socket");
+                tracing::warn!(path = %self.path.display(), error = &err as &dyn std::error::Error, "cannot remove the temporary socket");
             }
         }
         // Removed by path only while the path still names our directory (it is empty by now:
@@ -158,7 +158,7 @@ impl Drop for PrivateDir {
             && ours == there
             && let Err(err) = std::fs::remove_dir(&self.path)
         {
-            tracing::warn!(path = %self.path.display(), %err, "cannot remove the private directory");
+            tracing::warn!(path = %self.path.display(), error = &err as &dyn std::error::Error, "cannot remove the private directory");
         }
     }
 }
@@ -221,7 +221,9 @@ pub(crate) fn remove_if_same(path: &Path, id: FileId) {
     }
     match fs::remove_file(path) {
         Ok(()) => tracing::debug!(path = %path.display(), "removed socket file"),
-        Err(err) => tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file"),
+        Err(err) => {
+            tracing::warn!(path = %path.display(), error = &err as &dyn std::error::Error, "cannot remove socket file");
+        }
     }
 }
 

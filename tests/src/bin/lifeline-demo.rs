@@ -525,9 +525,7 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(0, |a| a.port())
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
+use lifeline_tests::proc::read_pid;
 
 fn wait_for_pid_file(path: &Path, pid: u32) -> bool {
     let deadline = Instant::now() + PATIENCE;

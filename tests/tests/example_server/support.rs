@@ -446,21 +446,11 @@ impl Conn {
     }
 }
 
-/// Whether `pid` is gone (or a zombie nobody reaped yet: dead all the same).
-pub(crate) fn is_dead(pid: u32) -> bool {
-    if kill(Pid::from_raw(pid as i32), None).is_err() {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
-        Err(_) => true,
-    }
-}
+pub(crate) use lifeline_tests::proc::is_dead;
 
-/// Reads a pid a fixture script wrote to `path`.
+/// Reads a pid a fixture script wrote to `path` (which must be there by now).
 pub(crate) fn read_pid(path: &Path) -> u32 {
-    let text = std::fs::read_to_string(path).unwrap();
-    text.trim().parse().unwrap_or_else(|_| panic!("{} holds {text:?}, not a pid", path.display()))
+    lifeline_tests::proc::read_pid(path).unwrap_or_else(|| panic!("{} holds no pid", path.display()))
 }
 
 /// The open file descriptors of `pid`, as `/proc/<pid>/fd` lists them.

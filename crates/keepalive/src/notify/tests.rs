@@ -151,7 +151,7 @@ proptest! {
 
 #[tokio::test]
 async fn receives_the_senders_pid_and_closes_passed_fds_like_a_barrier_expects() {
-    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let server = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind");
     let path = server.address().to_owned();
     let client = UnixDatagram::unbound().expect("client");
     client.send_to(b"READY=1", &path).expect("send");
@@ -181,7 +181,7 @@ async fn receives_the_senders_pid_and_closes_passed_fds_like_a_barrier_expects()
 
 #[tokio::test]
 async fn oversized_messages_are_flagged_and_the_socket_file_goes_away_on_drop() {
-    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let server = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind");
     let path = PathBuf::from(server.address());
     let client = UnixDatagram::unbound().expect("client");
     client.send_to(&vec![b'x'; MAX_MESSAGE + 10], &path).expect("send");
@@ -195,14 +195,14 @@ async fn oversized_messages_are_flagged_and_the_socket_file_goes_away_on_drop() 
 
 #[tokio::test]
 async fn abstract_sockets_work_and_rebinding_a_kept_path_works() {
-    let server = NotifySocket::bind(Notify::Abstract).expect("bind abstract");
+    let server = NotifySocket::bind(NotifyAddress::Abstract).expect("bind abstract");
     assert!(server.address().starts_with('@'));
     let client = UnixDatagram::unbound().expect("client");
     let addr = SocketAddr::from_abstract_name(&server.address().as_bytes()[1..]).expect("addr");
     client.send_to_addr(b"STATUS=hi", &addr).expect("send");
     assert_eq!(server.recv().await.expect("recv").text, "STATUS=hi");
 
-    let kept = NotifySocket::bind(Notify::PrivateDir).expect("bind").keep();
+    let kept = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind").keep();
     assert!(PathBuf::from(&kept).exists(), "keep() leaves the socket file");
     let again = NotifySocket::rebind(&kept).expect("rebind");
     client.send_to(b"READY=1", &kept).expect("send");
@@ -212,7 +212,7 @@ async fn abstract_sockets_work_and_rebinding_a_kept_path_works() {
 #[tokio::test]
 async fn the_private_directory_has_mode_0700_and_holds_only_the_socket() {
     use std::os::unix::fs::MetadataExt as _;
-    let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let server = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind");
     let path = PathBuf::from(server.address());
     let dir = path.parent().expect("dir");
     assert_eq!(std::fs::metadata(dir).expect("stat dir").mode() & 0o7777, 0o700);
@@ -251,7 +251,7 @@ async fn a_path_lifeline_did_not_create_is_never_rebound_or_removed() {
             continue;
         }
         assert!(verdict.is_err(), "{dir_name}/{file}: {verdict:?}");
-        let err = rebound.expect_err("refused").to_string();
+        let err = crate::error::chain(&rebound.expect_err("refused"));
         assert!(err.contains("not a notify socket lifeline created"), "{err}");
         assert!(path.exists(), "{dir_name}/{file} was unlinked");
         if extra_file {
@@ -259,7 +259,7 @@ async fn a_path_lifeline_did_not_create_is_never_rebound_or_removed() {
         }
     }
     // A symlink to a directory of ours is not our directory.
-    let ours = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+    let ours = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind");
     let real = PathBuf::from(ours.address());
     let link = root.path().join("lifeline-notify-link");
     std::os::unix::fs::symlink(real.parent().expect("dir"), &link).expect("symlink");
@@ -281,7 +281,7 @@ proptest! {
     ) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let server = NotifySocket::bind(Notify::PrivateDir).expect("bind");
+            let server = NotifySocket::bind(NotifyAddress::PrivateDir).expect("bind");
             let client = UnixDatagram::unbound().expect("client");
             client.connect(server.address()).expect("connect");
             for (bytes, fds) in &datagrams {

@@ -23,7 +23,7 @@ impl Task {
                 Ok(Some(message)) => self.on_message(&message),
                 Ok(None) => return,
                 Err(err) => {
-                    tracing::warn!(%err, "notify socket receive failed");
+                    tracing::warn!(error = &err as &dyn std::error::Error, "notify socket receive failed");
                     return;
                 }
             }
@@ -88,7 +88,10 @@ impl Task {
             if self.config.state_file.is_some()
                 && let Err(err) = self.write_files(false)
             {
-                tracing::error!(%err, "cannot update the state file; keeping the previous one");
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot update the state file; keeping the previous one"
+                );
             }
             self.emit(EventKind::Ready { pid });
         }
@@ -131,7 +134,11 @@ impl Task {
         let (mut proc, stat) = match Proc::open_stat(new, Instant::now(), false) {
             Ok(opened) => opened,
             Err(err) => {
-                tracing::warn!(new, %err, "ignoring MAINPID=: not a running process");
+                tracing::warn!(
+                    new,
+                    error = &err as &dyn std::error::Error,
+                    "ignoring MAINPID=: not a running process"
+                );
                 return;
             }
         };
@@ -153,7 +160,10 @@ impl Task {
         self.main_pid_changes += 1;
         tracing::info!(old = old_pid, new, "following the new main pid");
         if let Err(err) = self.install_main(proc) {
-            tracing::error!(%err, "cannot update the file; keeping the previous one");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "cannot update the file; keeping the previous one"
+            );
         }
         self.emit(EventKind::MainPidChanged { old: old_pid as u32, new: new as u32 });
         self.enforce_max_retired();
@@ -193,7 +203,10 @@ impl Task {
         self.main_pid_changes += 1;
         tracing::warn!(from = ?from, to = sender, %status, "rolled back: a previous main process took the service back");
         if let Err(err) = self.install_main(proc) {
-            tracing::error!(%err, "cannot update the file; keeping the previous one");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "cannot update the file; keeping the previous one"
+            );
         }
         if let Some(text) = note.status {
             self.status_text = Some(text);
@@ -250,7 +263,7 @@ impl Task {
                             return true;
                         }
                     }
-                    Err(err) => tracing::warn!(%err, "notify socket receive failed"),
+                    Err(err) => tracing::warn!(error = &err as &dyn std::error::Error, "notify socket receive failed"),
                 },
                 index = any_exited(&self.retired) => {
                     self.retired_exited(index);

@@ -177,7 +177,10 @@ impl Task {
             if self.config.state_file.is_some()
                 && let Err(err) = self.write_files(false)
             {
-                tracing::error!(%err, "cannot update the state file; keeping the previous one");
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot update the state file; keeping the previous one"
+                );
             }
             self.emit(EventKind::Ready { pid });
         }

@@ -150,7 +150,7 @@ impl Task {
             self.start_deadline = None;
             return None;
         };
-        let after = self.config.start_timeout.unwrap_or_default();
+        let after = self.config.notify.start_timeout().unwrap_or_default();
         tracing::warn!(pid, timeout = %humanize(after), "start timeout: the service did not send READY=1");
         self.emit(EventKind::StartTimeout { pid: pid as u32, after });
         self.terminate_main(self.config.stop_signal, ExitCause::StartTimeout).await
@@ -234,7 +234,10 @@ impl Task {
         if let Some(path) = &self.config.state_file
             && let Err(err) = snapshot.write(path)
         {
-            tracing::error!(%err, "cannot write the detached snapshot to the state file");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "cannot write the detached snapshot to the state file"
+            );
         }
         self.emit(EventKind::Detached { pid: snapshot.pid });
         self.stop_probes();
@@ -273,12 +276,12 @@ impl Task {
         if let Some(pid_file) = &self.pid_file
             && let Err(err) = pid_file.remove()
         {
-            tracing::warn!(%err, "cannot remove the pid file");
+            tracing::warn!(error = &err as &dyn std::error::Error, "cannot remove the pid file");
         }
         if let Some(path) = &self.config.state_file {
             match std::fs::remove_file(path) {
                 Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                    tracing::warn!(%err, path = %path.display(), "cannot remove the state file");
+                    tracing::warn!(error = &err as &dyn std::error::Error, path = %path.display(), "cannot remove the state file");
                 }
                 _ => {}
             }

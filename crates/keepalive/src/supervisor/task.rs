@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::Error;
-use crate::config::{Command, Config, Lifetime, Readiness};
+use crate::config::{Command, Config, Lifetime, Notify};
 use crate::event::{Event, EventKind};
 use crate::exit::{Exit, ExitCause, ExitStatus};
 use crate::group;
@@ -227,25 +227,20 @@ impl Task {
             return Err(Error::NoRuntime);
         }
         let Supervisor { command, config, policy } = sup;
-        if config.watchdog.is_some() && !config.notify.is_on() {
-            return Err(Error::WatchdogWithoutNotify);
-        }
-        if config.start_timeout.is_some()
-            && (!config.notify.is_on() || config.readiness != Readiness::Notified)
-        {
-            return Err(Error::StartTimeoutWithoutReadiness);
-        }
         check_probes(&config)?;
         if config.subreaper {
             sys::set_child_subreaper().map_err(|source| Error::Subreaper { source })?;
         }
-        let notify = if config.notify.is_on() {
+        let notify = if let Notify::On(on) = config.notify {
             Some(match adopt_notify {
                 Some(address) => NotifySocket::rebind(address).or_else(|err| {
-                    tracing::warn!(%err, "cannot serve the adopted service's notify socket again; using a new one");
-                    NotifySocket::bind(config.notify)
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot serve the adopted service's notify socket again; using a new one"
+                    );
+                    NotifySocket::bind(on.address)
                 })?,
-                None => NotifySocket::bind(config.notify)?,
+                None => NotifySocket::bind(on.address)?,
             })
         } else {
             None
@@ -254,7 +249,10 @@ impl Task {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
                 Ok(signal) => Some(signal),
                 Err(err) => {
-                    tracing::warn!(%err, "cannot listen for SIGCHLD; orphans will not be reaped");
+                    tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot listen for SIGCHLD; orphans will not be reaped"
+                    );
                     None
                 }
             }
@@ -280,7 +278,7 @@ impl Task {
         Ok(Task {
             command,
             pid_file: config.pid_file.clone().map(PidFile::new),
-            watchdog_interval: config.watchdog,
+            watchdog_interval: config.notify.watchdog(),
             config,
             policy,
             events,
@@ -293,7 +291,10 @@ impl Task {
             own_pgid: nix::unistd::getpgrp().as_raw(),
             own_session: nix::unistd::getsid(None).map_or(-1, nix::unistd::Pid::as_raw),
             boot_id: sys::boot_id().unwrap_or_else(|err| {
-                tracing::warn!(%err, "cannot read the boot id; snapshots of this service cannot be adopted");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot read the boot id; snapshots of this service cannot be adopted"
+                );
                 String::new()
             }),
             pgids: BTreeSet::new(),
@@ -356,7 +357,8 @@ impl Task {
         // After install_main, which clears it for whichever process becomes the main one.
         if awaits_ready {
             // A timeout too long to add to the clock never expires.
-            self.start_deadline = self.config.start_timeout.and_then(|timeout| started.checked_add(timeout));
+            self.start_deadline =
+                self.config.notify.start_timeout().and_then(|timeout| started.checked_add(timeout));
         }
         self.emit(EventKind::Started { pid, attempt: self.starts });
         installed
@@ -364,7 +366,7 @@ impl Task {
 
     /// Whether a new main process counts as ready at once (no `READY=1` awaited).
     pub(super) fn ready_at_start(&self) -> bool {
-        !self.config.notify.is_on() || self.config.readiness == Readiness::Started
+        self.config.notify.ready_at_start()
     }
 
     /// Makes `proc` the main process: groups, pid file, state file, watchdog, status. It is
@@ -492,7 +494,9 @@ impl Task {
         {
             match wake {
                 Wake::Notify(Ok(message)) => self.on_message(&message),
-                Wake::Notify(Err(err)) => tracing::warn!(%err, "notify socket receive failed"),
+                Wake::Notify(Err(err)) => {
+                    tracing::warn!(error = &err as &dyn std::error::Error, "notify socket receive failed");
+                }
                 Wake::MainExited => {
                     // A MAINPID= sent just before the old main exited is already queued: handle
                     // it first, or a handover would look like a crash.
@@ -563,7 +567,7 @@ impl Task {
                 Wake::RetryFiles => {
                     if let Err(err) = self.write_files(true) {
                         let delay = self.retry_files.map_or(RETRY_FILES_FIRST, |(_, d)| d);
-                        tracing::warn!(%err, retry_in = %humanize(delay), "still cannot update the files; keeping the previous ones");
+                        tracing::warn!(error = &err as &dyn std::error::Error, retry_in = %humanize(delay), "still cannot update the files; keeping the previous ones");
                     }
                 }
             }
@@ -625,15 +629,18 @@ impl Task {
                         Ok(()) => return None,
                         Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
                             // Started and supervised all the same; the write is retried.
-                            tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
+                            tracing::error!(
+                                error = &err as &dyn std::error::Error,
+                                "restarted, but cannot update the file; keeping the previous one"
+                            );
                             return None;
                         }
                         Err(err) => {
-                            tracing::error!(%err, "restart failed");
+                            tracing::error!(error = &err as &dyn std::error::Error, "restart failed");
                             let now = Instant::now();
                             exit = Exit {
                                 status: ExitStatus::Unknown,
-                                cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                                cause: ExitCause::SpawnFailed { reason: crate::error::chain(&err) },
                                 runtime: Duration::ZERO,
                                 healthy: Duration::ZERO,
                                 at: now,
@@ -764,14 +771,17 @@ impl Task {
         match self.start_main() {
             Ok(()) => {}
             Err(err @ (Error::PidFile { .. } | Error::StateFile { .. })) => {
-                tracing::error!(%err, "restarted, but cannot update the file; keeping the previous one");
+                tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "restarted, but cannot update the file; keeping the previous one"
+                );
             }
             Err(err) => {
-                tracing::error!(%err, "restart failed");
-                self.fail_restart(&err.to_string());
+                tracing::error!(error = &err as &dyn std::error::Error, "restart failed");
+                self.fail_restart(&crate::error::chain(&err));
                 return Some(Exit {
                     status: ExitStatus::Unknown,
-                    cause: ExitCause::SpawnFailed { reason: err.to_string() },
+                    cause: ExitCause::SpawnFailed { reason: crate::error::chain(&err) },
                     runtime: Duration::ZERO,
                     healthy: Duration::ZERO,
                     at: Instant::now(),
@@ -800,7 +810,9 @@ impl Task {
         if let Some(pending) = self.pending_restart.take() {
             match &outcome {
                 Ok(pid) => tracing::info!(pid, "restart complete"),
-                Err(err) => tracing::warn!(%err, "restart on request failed"),
+                Err(err) => {
+                    tracing::warn!(error = err as &dyn std::error::Error, "restart on request failed");
+                }
             }
             let _ = pending.reply.send(outcome);
         }

@@ -171,3 +171,17 @@ impl Error {
         }
     }
 }
+
+/// An error and each of its sources on one line, joined by `: `, for text that leaves the
+/// process or is read by a person without a chain printer (a restart's failure reason, an event).
+/// The messages never repeat their source, so each cause appears exactly once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    use std::fmt::Write as _;
+    let mut line = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let _ = write!(line, ": {cause}");
+        next = cause.source();
+    }
+    line
+}

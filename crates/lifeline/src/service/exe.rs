@@ -36,10 +36,12 @@ pub(crate) async fn watch(running: Running, exe: PathBuf) {
     });
     let mut watcher = match watcher {
         Ok(watcher) => watcher,
-        Err(err) => return tracing::warn!(%err, "cannot watch the executable"),
+        Err(err) => {
+            return tracing::warn!(error = &err as &dyn std::error::Error, "cannot watch the executable");
+        }
     };
     if let Err(err) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-        return tracing::warn!(%err, dir = %dir.display(), "cannot watch the executable's directory");
+        return tracing::warn!(error = &err as &dyn std::error::Error, dir = %dir.display(), "cannot watch the executable's directory");
     }
     tracing::info!(exe = %exe.display(), "restarting when the executable changes");
     // The file this process runs (the kernel keeps it even once replaced), or the last one tried:
@@ -72,7 +74,12 @@ pub(crate) async fn watch(running: Running, exe: PathBuf) {
         match running.restart().await {
             Ok(pid) => tracing::info!(pid, "handed over to the new executable"),
             // A broken binary is refused like any failed restart; the next installation retries.
-            Err(err) => tracing::warn!(%err, "the new executable did not take over"),
+            Err(err) => {
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "the new executable did not take over"
+                );
+            }
         }
     }
 }

@@ -93,7 +93,13 @@ where
             let peer = io.get_ref().peer_addr().ok();
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
                 Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return tracing::debug!(?peer, error = %err, "TLS handshake failed"),
+                Ok(Err(err)) => {
+                    return tracing::debug!(
+                        ?peer,
+                        error = &err as &dyn std::error::Error,
+                        "TLS handshake failed"
+                    );
+                }
                 Err(_) => return tracing::debug!(?peer, "TLS handshake timed out"),
             };
             if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
@@ -163,7 +169,10 @@ async fn serve_connection<I, S, B>(
 
 fn log_end(result: Result<(), BoxError>) {
     if let Err(err) = result {
-        tracing::debug!(error = %err, "connection ended with an error");
+        tracing::debug!(
+            error = &*err as &(dyn std::error::Error + 'static),
+            "connection ended with an error"
+        );
     }
 }
 

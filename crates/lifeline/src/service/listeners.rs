@@ -81,7 +81,7 @@ impl SocketFile {
         match SocketFile::of(&self.path) {
             Some(now) if now.id == self.id => {
                 if let Err(err) = std::fs::remove_file(&self.path) {
-                    tracing::warn!(path = %self.path.display(), %err, "cannot remove the socket file");
+                    tracing::warn!(path = %self.path.display(), error = &err as &dyn std::error::Error, "cannot remove the socket file");
                 }
             }
             _ => tracing::debug!(path = %self.path.display(), "socket file replaced or gone; leaving it"),

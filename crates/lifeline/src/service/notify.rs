@@ -30,7 +30,7 @@ pub(crate) fn send(states: &[sd_notify::NotifyState<'_>]) {
         return;
     }
     if let Err(err) = sd_notify::notify(states) {
-        tracing::warn!(%err, "cannot notify the service manager");
+        tracing::warn!(error = &err as &dyn std::error::Error, "cannot notify the service manager");
     }
 }
 

@@ -326,7 +326,7 @@ impl Running {
             let running = self.clone();
             move || {
                 let running = running.clone();
-                async move { running.restart().await.map_err(|err| err.to_string()) }
+                async move { running.restart().await.map_err(|err| super::error::chain(&err)) }
             }
         };
         let status = {
@@ -347,7 +347,7 @@ impl Running {
         // Tracked, so that the answer to the restart that replaces us goes out before we exit.
         self.inner.internal.spawn(async move {
             if let Err(err) = server.serve(restart, status, stop).await {
-                tracing::error!(%err, "the control socket failed");
+                tracing::error!(error = &err as &dyn std::error::Error, "the control socket failed");
             }
         });
     }
@@ -426,7 +426,7 @@ impl Running {
             tokio::spawn(async move {
                 match running.restart().await {
                     Ok(pid) => tracing::info!(pid, "handed over"),
-                    Err(err) => tracing::warn!(%err, "restart failed"),
+                    Err(err) => tracing::warn!(error = &err as &dyn std::error::Error, "restart failed"),
                 }
             });
         } else {
@@ -450,14 +450,17 @@ impl Running {
     fn roll_back(&self, successor: u32) {
         let inner = &self.inner;
         if let Err(err) = inner.upgrader.roll_back() {
-            tracing::error!(%err, "cannot roll back; draining");
+            tracing::error!(error = &err as &dyn std::error::Error, "cannot roll back; draining");
             self.handed_over_for_good(successor);
             return;
         }
         if let Some(lock) = inner.lock.lock().unwrap_or_else(PoisonError::into_inner).as_mut()
             && let Err(err) = lock.reassert()
         {
-            tracing::error!(%err, "the state directory's lock file changed while standing by");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "the state directory's lock file changed while standing by"
+            );
         }
         // The dead successor had the next generation number: the next one gets a new one.
         inner.lineage.fetch_add(1, Ordering::SeqCst);
@@ -467,7 +470,10 @@ impl Running {
             drop(inner.upgrader.unregister(CONTROL_FD));
             match restart_socket::Server::resume(handle, inner.settings.control_config.clone()) {
                 Ok(server) => self.serve_control(server),
-                Err(err) => tracing::error!(%err, "cannot serve the control socket again"),
+                Err(err) => tracing::error!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot serve the control socket again"
+                ),
             }
         }
         tracing::warn!(
@@ -584,7 +590,7 @@ impl Running {
                         accepted = listener.accept_one() => match accepted {
                             Ok(connection) => return Some(connection),
                             Err(err) => {
-                                tracing::warn!(error = %err, "accept failed");
+                                tracing::warn!(error = &err as &dyn std::error::Error, "accept failed");
                                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                             }
                         },
@@ -705,10 +711,16 @@ impl Running {
                     Ok(()) => {
                         tracing::info!(generation = self.inner.generation, "state kept in the fd store");
                     }
-                    Err(err) => tracing::warn!(%err, "cannot keep the state in the fd store"),
+                    Err(err) => tracing::warn!(
+                        error = &err as &dyn std::error::Error,
+                        "cannot keep the state in the fd store"
+                    ),
                 }
             }
-            Err(err) => tracing::warn!(%err, "cannot keep the state in the fd store"),
+            Err(err) => tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot keep the state in the fd store"
+            ),
         }
     }
 
@@ -720,7 +732,10 @@ impl Running {
         if let Some(lock) = lock
             && let Err(err) = lock.release()
         {
-            tracing::warn!(%err, "cannot release the state directory cleanly");
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot release the state directory cleanly"
+            );
         }
         for file in &inner.socket_files {
             file.remove();
@@ -731,7 +746,7 @@ impl Running {
                 .and_then(|text| text.trim().parse::<u32>().ok())
                 .is_some_and(|pid| pid == std::process::id());
             if ours && let Err(err) = std::fs::remove_file(path) {
-                tracing::warn!(%err, path = %path.display(), "cannot remove the pid file");
+                tracing::warn!(error = &err as &dyn std::error::Error, path = %path.display(), "cannot remove the pid file");
             }
         }
     }
@@ -757,7 +772,7 @@ fn arm_hard_deadline(after: Duration, handed_over: bool) {
         unsafe { libc::_exit(status) }
     });
     if let Err(err) = spawned {
-        tracing::warn!(%err, "cannot arm the drain's hard deadline");
+        tracing::warn!(error = &err as &dyn std::error::Error, "cannot arm the drain's hard deadline");
     }
 }
 
@@ -771,7 +786,7 @@ pub(crate) fn fd_store_after_commit(listeners: &[(String, OwnedFd)], took_stored
     for (name, fd) in listeners {
         let states = [sd_notify::NotifyState::FdStore, sd_notify::NotifyState::FdName(name)];
         if let Err(err) = sd_notify::notify_with_fds(&states, &[fd.as_fd()]) {
-            tracing::warn!(%err, listener = %name, "cannot keep the listener in the fd store");
+            tracing::warn!(error = &err as &dyn std::error::Error, listener = %name, "cannot keep the listener in the fd store");
         }
     }
     if took_stored_state {

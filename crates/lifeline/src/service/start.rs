@@ -343,7 +343,7 @@ impl<S: ServiceState> Starting<S> {
         if let Some(fd) = ready_fd {
             let mut pipe = std::fs::File::from(fd);
             if let Err(err) = std::io::Write::write_all(&mut pipe, b"\n") {
-                tracing::warn!(%err, "cannot write the readiness newline");
+                tracing::warn!(error = &err as &dyn std::error::Error, "cannot write the readiness newline");
             }
         }
         drop(to_store);
@@ -463,12 +463,15 @@ fn read_stored<S: ServiceState>(fd: &std::os::fd::OwnedFd, limit: usize) -> Opti
                 Some(carried)
             }
             Err(err) => {
-                tracing::warn!(%err, "dropping the state kept in the fd store");
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "dropping the state kept in the fd store"
+                );
                 None
             }
         },
         Err(err) => {
-            tracing::warn!(%err, "dropping the state kept in the fd store");
+            tracing::warn!(error = &err as &dyn std::error::Error, "dropping the state kept in the fd store");
             None
         }
     }

@@ -106,7 +106,10 @@ impl Tls {
     /// Starts following the files (after the commit).
     pub(crate) fn follow(watcher: &CertWatcher) {
         if let Err(err) = watcher.start() {
-            tracing::error!(error = %err, "cannot follow the certificate files; serving the loaded pair");
+            tracing::error!(
+                error = &err as &dyn std::error::Error,
+                "cannot follow the certificate files; serving the loaded pair"
+            );
         }
     }
 }

@@ -64,7 +64,7 @@ pub(crate) fn restart(args: RestartArgs) -> anyhow::Result<ExitCode> {
             eprintln!("lifeline: restart failed: {}", one_line(&reason));
             Ok(ExitCode::FAILURE)
         }
-        Err(err) => failure(&err),
+        Err(err) => failure(err),
     }
 }
 
@@ -110,7 +110,7 @@ pub(crate) fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Ok(if status.is_up() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_NOT_UP) })
         }
         Ok(other) => anyhow::bail!("unexpected answer: {other:?}"),
-        Err(err) => failure(&err),
+        Err(err) => failure(err),
     }
 }
 
@@ -121,7 +121,7 @@ pub(crate) fn stop(socket: &std::path::Path, timeout: Option<Duration>) -> anyho
     let outcome = runtime()?.block_on(async { Client::connect(socket).await?.stop(timeout).await });
     match outcome {
         Ok(_) => Ok(ExitCode::SUCCESS),
-        Err(err) => failure(&err),
+        Err(err) => failure(err),
     }
 }
 
@@ -168,12 +168,12 @@ fn supervisor_text(status: &SupervisorStatus, now: SystemTime) -> String {
 }
 
 /// Exit 69 for "no service at the socket", otherwise the generic error path (one line, exit 1).
-fn failure(err: &Error) -> anyhow::Result<ExitCode> {
+fn failure(err: Error) -> anyhow::Result<ExitCode> {
     if err.is_no_server() {
-        eprintln!("lifeline: {err}");
+        eprintln!("lifeline: {}", crate::chain(err));
         return Ok(ExitCode::from(crate::exit::NO_SERVICE));
     }
-    anyhow::bail!("{}", one_line(&err.to_string()))
+    Err(err.into())
 }
 
 /// The server's words are printed on one line whatever they contain.

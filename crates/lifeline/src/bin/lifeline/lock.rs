@@ -73,7 +73,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(locks) => locks,
         Err(err) if err.is_contention() => {
             // One line, naming the directory and the holder: scripts read it.
-            crate::say!("lifeline: {err}");
+            crate::say!("lifeline: {}", crate::chain(err));
             return Ok(ExitCode::from(EXIT_LOCKED));
         }
         Err(err) => return Err(err.into()),
@@ -83,7 +83,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Err(err) = locks.release() {
         // The locks are released regardless; a lock file left behind is harmless. (The CLI
         // has no `tracing` dependency of its own; library logs go through the subscriber.)
-        crate::say!("lifeline: warning: {err}");
+        crate::say!("lifeline: warning: {}", crate::chain(err));
     }
     Ok(exit_code(status))
 }

@@ -139,7 +139,7 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line, no backtrace: operators' scripts read this.
-            eprintln!("lifeline: {}", error_line(&err));
+            eprintln!("lifeline: {}", chain(err));
             ExitCode::FAILURE
         }
     }
@@ -167,21 +167,11 @@ fn init_tracing(flags: Option<&str>) {
         .init();
 }
 
-/// An error and its causes on one line. A cause whose text is already in the line is skipped:
-/// the libraries' messages include the OS error they also return as their source.
-fn error_line(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+/// An error and its causes on one line, `: `-separated (anyhow's `{:#}`). The libraries' messages
+/// never repeat their source, so each cause appears once; whitespace inside a cause (a server's
+/// words) is folded so that scripts get exactly one line.
+pub(crate) fn chain(err: impl Into<anyhow::Error>) -> String {
+    format!("{:#}", err.into()).split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Writes one line to stderr, like `eprintln!` but never panicking: a closed stderr must not end

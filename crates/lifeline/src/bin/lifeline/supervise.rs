@@ -22,8 +22,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use dirlock::{DirLock, LockOptions};
 use keepalive::{
-    Backoff, Command, Config, Error, ExitStatus, Finished, Lifetime, Notify, Readiness, RestartMethod,
-    RestartOn, Signal, Snapshot, StopOutcome, Supervised, Supervisor,
+    Backoff, Command, Config, Error, ExitStatus, Finished, Lifetime, Notify, NotifyConfig, Readiness,
+    RestartMethod, RestartOn, Signal, Snapshot, StopOutcome, Supervised, Supervisor,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -173,35 +173,40 @@ fn policy_and_config(args: &Args, stop_signal: Signal) -> anyhow::Result<(Backof
     if let (Some(failures), Some(within)) = (args.max_failures, args.within) {
         policy = policy.with_give_up(failures, within);
     }
-    let config = Config {
-        stop_signal,
-        grace: args.grace,
-        lifetime: if args.die_with_supervisor {
+    // A watchdog needs a socket to be fed through; without --notify nobody awaits READY=1 (and
+    // clap refuses --start-timeout without --notify).
+    let notify = if args.notify {
+        let mut on = NotifyConfig::new().readiness(Readiness::Notified { start_timeout: args.start_timeout });
+        on.watchdog = args.watchdog;
+        Notify::On(on)
+    } else if let Some(interval) = args.watchdog {
+        Notify::On(NotifyConfig::new().readiness(Readiness::Started).watchdog(interval))
+    } else {
+        Notify::Off
+    };
+    let mut config = Config::default()
+        .stop_signal(stop_signal)
+        .grace(args.grace)
+        .lifetime(if args.die_with_supervisor {
             Lifetime::DieWithSupervisor { signal: stop_signal }
         } else {
             Lifetime::OutliveSupervisor
-        },
-        pid_file: args.pidfile.clone(),
-        state_file: args.state.clone(),
-        // A watchdog needs a socket to be fed through; without --notify nobody awaits READY=1.
-        notify: if args.notify || args.watchdog.is_some() { Notify::PrivateDir } else { Notify::Off },
-        readiness: if args.notify { Readiness::Notified } else { Readiness::Started },
-        watchdog: args.watchdog,
-        start_timeout: args.start_timeout,
+        })
+        .notify(notify)
         // Orphans of the service are re-parented to us and reaped; a handover successor becomes
         // our child once its parent exits, so its exit status stays known.
-        subreaper: true,
+        .subreaper(true)
         // This process exists only for the service: every child is its, every one is reaped
         // (also orphans that called setsid()), and a stop ends only when none is left.
-        dedicated: true,
-        drain_deadline: args.drain_deadline,
-        max_retired: args.max_retired,
-        rollback_grace: args.rollback_grace,
-        probes: args.probes.clone(),
+        .dedicated(true)
+        .rollback_grace(args.rollback_grace)
+        .probes(args.probes.clone())
         // HTTPS probes: this program's choice of provider (the library never picks one).
-        probe_tls_provider: Some(std::sync::Arc::new(rustls::crypto::ring::default_provider())),
-        ..Config::default()
-    };
+        .probe_tls_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    config.pid_file.clone_from(&args.pidfile);
+    config.state_file.clone_from(&args.state);
+    config.drain_deadline = args.drain_deadline;
+    config.max_retired = args.max_retired;
     Ok((policy, config))
 }
 
@@ -285,7 +290,7 @@ async fn supervise(args: Args, stop_signal: Signal) -> anyhow::Result<ExitCode> 
             Action::Forward(sig) => {
                 // (The `cli` feature has no tracing dependency; the library logs, this one line is ours.)
                 if let Err(err) = supervised.signal(sig).await {
-                    crate::say!("lifeline: cannot forward {sig}: {err}");
+                    crate::say!("lifeline: cannot forward {sig}: {}", crate::chain(err));
                 }
             }
             Action::Stop(received) => {
@@ -412,7 +417,7 @@ fn adopt_or_spawn(
         // start nothing (a second instance beside a running one is no better).
         Err(err @ Error::UntrustedFile { .. }) => return Err(err.into()),
         Err(err) => {
-            crate::say!("lifeline: ignoring state file {shown}: {err}; starting the command");
+            crate::say!("lifeline: ignoring state file {shown}: {}; starting the command", crate::chain(err));
             return Ok(supervisor().spawn()?);
         }
     };
@@ -437,7 +442,10 @@ fn adopt_or_spawn(
             | Error::OtherBoot { .. }
             | Error::OtherUid { .. }),
         ) => {
-            crate::say!("lifeline: ignoring stale state file {shown}: {err}; starting the command");
+            crate::say!(
+                "lifeline: ignoring stale state file {shown}: {}; starting the command",
+                crate::chain(err)
+            );
             Ok(supervisor().spawn()?)
         }
         Err(err) => Err(err).with_context(|| format!("cannot adopt pid {pid} from state file {shown}")),

@@ -52,7 +52,7 @@ impl ControlServer {
             let controller = controller.clone();
             move || {
                 let controller = controller.clone();
-                async move { controller.restart(method, restart_timeout).await.map_err(|err| err.to_string()) }
+                async move { controller.restart(method, restart_timeout).await.map_err(crate::chain) }
             }
         };
         let status = {
@@ -66,7 +66,7 @@ impl ControlServer {
         let serving = server.serve_supervisor(restart, status, supervisor, shutdown.clone());
         let task = tokio::spawn(async move {
             if let Err(err) = serving.await {
-                crate::say!("lifeline: the control socket failed: {err}");
+                crate::say!("lifeline: the control socket failed: {}", crate::chain(err));
             }
         });
         Ok(ControlServer { shutdown, task })
