@@ -2,9 +2,10 @@
 //! it, one that is already gone, and the empty `$MAINPID` of a unit without a main process.
 #![cfg(feature = "cli")]
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Output, Stdio};
 
 fn lifeline(args: &[&str]) -> Output {
@@ -16,10 +17,13 @@ fn lifeline(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// `sh -c SCRIPT` that prints `ready` once its traps are set; returns when it did.
+/// `sh -c SCRIPT` that prints `ready` once its traps are set; returns when it did. It waits on
+/// a `sleep` in the background (so that a trap runs at once), whose output goes nowhere: a trap
+/// that ends the shell kills it (`kill $!`), and the process group is the shell's own.
 fn shell(script: &str) -> Child {
     let mut child = Command::new("sh")
-        .args(["-c", &format!("{script}; echo ready; while :; do sleep 1 & wait $!; done")])
+        .args(["-c", &format!("{script}; echo ready; while :; do sleep 1 >/dev/null 2>&1 & wait $!; done")])
+        .process_group(0)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -35,7 +39,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn returns_only_once_the_process_has_exited_after_its_stop_signal() {
-    let mut child = shell("trap 'exit 3' TERM");
+    let mut child = shell("trap 'kill $!; exit 3' TERM");
     let out = lifeline(&["stop", &child.id().to_string()]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "");
@@ -47,7 +51,7 @@ fn returns_only_once_the_process_has_exited_after_its_stop_signal() {
 
 #[test]
 fn sends_the_signal_it_is_given() {
-    let mut child = shell("trap 'exit 4' INT; trap 'exit 5' TERM");
+    let mut child = shell("trap 'kill $!; exit 4' INT; trap 'kill $!; exit 5' TERM");
     let out = lifeline(&["stop", "--signal", "SIGINT", &child.id().to_string()]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert_eq!(child.try_wait().unwrap().and_then(|s| s.code()), Some(4));
@@ -62,7 +66,7 @@ fn a_process_that_outlives_the_timeout_exits_1_with_one_line() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr, format!("lifeline: pid {pid} still runs 300ms after SIGTERM\n"));
     assert!(child.try_wait().unwrap().is_none(), "the process ignoring SIGTERM is gone");
-    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    killpg(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     child.wait().unwrap();
 }
 
