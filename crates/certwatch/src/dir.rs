@@ -212,19 +212,7 @@ struct Index {
 
 impl Index {
     fn select(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
-        let Some(name) = server_name else { return self.default.as_ref() };
-        let lowered;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = name.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            name
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        self.exact
-            .get(name)
-            .or_else(|| name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
-            .or(self.default.as_ref())
+        crate::sni::by_name(&self.exact, &self.wildcard, self.default.as_ref(), server_name)
     }
 }
 

@@ -53,20 +53,36 @@ impl SniResolver {
 
     /// The resolver a handshake with this server name would use.
     pub fn select(&self, server_name: Option<&str>) -> Option<&Arc<CertResolver>> {
-        let Some(name) = server_name else { return self.default.as_ref() };
-        let lowered;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lowered = name.to_ascii_lowercase();
-            lowered.as_str()
-        } else {
-            name
-        };
-        let name = name.strip_suffix('.').unwrap_or(name);
-        self.exact
-            .get(name)
-            .or_else(|| name.split_once('.').and_then(|(_, parent)| self.wildcard.get(parent)))
-            .or(self.default.as_ref())
+        crate::sni::by_name(&self.exact, &self.wildcard, self.default.as_ref(), server_name)
     }
+}
+
+/// The lookup of both SNI stores ([`SniResolver`], `CertDir`): the name lowercased (ASCII) and
+/// without a trailing dot; an exact entry, else the wildcard of its parent (`*.example.com` is
+/// keyed `example.com` and covers one label), else the default. No name (no SNI): the default.
+pub(crate) fn by_name<'a, K, V, S>(
+    exact: &'a HashMap<K, V, S>,
+    wildcard: &'a HashMap<K, V, S>,
+    default: Option<&'a V>,
+    server_name: Option<&str>,
+) -> Option<&'a V>
+where
+    K: std::borrow::Borrow<str> + std::hash::Hash + Eq,
+    S: std::hash::BuildHasher,
+{
+    let Some(name) = server_name else { return default };
+    let lowered;
+    let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        lowered = name.to_ascii_lowercase();
+        lowered.as_str()
+    } else {
+        name
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    exact
+        .get(name)
+        .or_else(|| name.split_once('.').and_then(|(_, parent)| wildcard.get(parent)))
+        .or(default)
 }
 
 impl fmt::Debug for SniResolver {
