@@ -2,6 +2,7 @@
 //! waiting on real conditions with generous timeouts, and generating test certificates.
 
 pub mod certs;
+pub mod fixture;
 pub mod https;
 pub mod lines;
 pub mod load;

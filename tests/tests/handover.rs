@@ -53,11 +53,7 @@ impl Lines {
     }
 }
 
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
+use lifeline_tests::fixture::field;
 
 /// A running fixture server (and its successors), cleaned up on drop.
 struct Server {

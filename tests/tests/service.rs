@@ -5,26 +5,18 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use lifeline_tests::certs::{LeafSpec, TestCa};
+use lifeline_tests::fixture::{ServerFiles, failures, field};
 use lifeline_tests::lines::Lines;
-use lifeline_tests::load::{Load, LoadConfig, Sample};
+use lifeline_tests::load::{Load, Sample};
 use lifeline_tests::{PATIENCE, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use restart_socket::Client;
-use rustls::pki_types::CertificateDer;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_service-server");
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
 
 use lifeline_tests::proc::is_dead;
 
@@ -36,8 +28,7 @@ fn locked(path: &Path) -> bool {
 
 /// The fixture, its successors, its files.
 struct Fixture {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+    files: ServerFiles,
     first: Child,
     stdout: Lines,
     stderr: Lines,
@@ -47,6 +38,13 @@ struct Fixture {
     pids: Vec<u32>,
 }
 
+impl std::ops::Deref for Fixture {
+    type Target = ServerFiles;
+    fn deref(&self) -> &ServerFiles {
+        &self.files
+    }
+}
+
 impl Fixture {
     fn start(configure: impl FnOnce(&Path, &mut Command)) -> Fixture {
         Fixture::start_exe(Path::new(FIXTURE), configure)
@@ -54,21 +52,11 @@ impl Fixture {
 
     /// [`Fixture::start`] with another copy of the fixture binary.
     fn start_exe(exe: &Path, configure: impl FnOnce(&Path, &mut Command)) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("service test CA");
-        ca.issue(&LeafSpec::new(1)).write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"));
-        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let files = ServerFiles::new("service test CA");
         let mut cmd = Command::new(exe);
-        cmd.arg("--state-dir").arg(dir.path().join("state"));
-        cmd.arg("--control").arg(dir.path().join("control"));
-        cmd.arg("--cert").arg(dir.path().join("cert.pem"));
-        cmd.arg("--key").arg(dir.path().join("key.pem"));
-        cmd.arg("--mode-file").arg(dir.path().join("mode"));
-        for var in ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LIFELINE_FAIL_AT"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUST_LOG", "info");
-        configure(dir.path(), &mut cmd);
+        cmd.args(files.server_args("control"));
+        lifeline_tests::fixture::clean_env(&mut cmd);
+        configure(files.dir.path(), &mut cmd);
         let mut first =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdout = Lines::new(first.stdout.take().unwrap());
@@ -79,31 +67,11 @@ impl Fixture {
         assert_eq!(field(&line, "generation"), "1");
         let https = field(&line, "https").parse().unwrap();
         let udp = field(&line, "udp").parse().ok();
-        Fixture { dir, ca, first, stdout, stderr, https, udp, pid, pids: vec![pid] }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn set_mode(&self, mode: &str) {
-        std::fs::write(self.path("mode"), mode).unwrap();
-    }
-
-    fn roots(&self) -> Vec<CertificateDer<'static>> {
-        vec![CertificateDer::from(self.ca.cert_der.clone())]
+        Fixture { files, first, stdout, stderr, https, udp, pid, pids: vec![pid] }
     }
 
     fn load(&self, keep_alive: bool) -> Load {
-        Load::start(&LoadConfig {
-            addr: self.https,
-            server_name: "localhost".to_owned(),
-            roots: self.roots(),
-            workers: 2,
-            keep_alive,
-            path: "/".to_owned(),
-            pause: Duration::ZERO,
-        })
+        self.files.load(self.https, keep_alive)
     }
 
     async fn restart(&mut self) -> Result<u32, String> {
@@ -142,15 +110,8 @@ impl Drop for Fixture {
             let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
         }
         let _ = self.first.wait();
-        if std::thread::panicking() {
-            eprintln!("--- stdout:\n{}", self.stdout.all().join("\n"));
-            eprintln!("--- stderr:\n{}", self.stderr.all().join("\n"));
-        }
+        lifeline_tests::fixture::echo_if_panicking(&self.stdout, &self.stderr);
     }
-}
-
-fn failures(samples: &[Sample]) -> Vec<String> {
-    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
 }
 
 /// The next datagram on the fake service manager's socket that starts with `prefix` (status

@@ -3,35 +3,25 @@
 //! and restarts through the supervisor's own control socket (`--control`, `--handover-signal`),
 //! with the `service-server` fixture (a real `lifeline::service` server) and `keepalive-handover`.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
 
-use lifeline_tests::certs::{LeafSpec, TestCa};
+use lifeline_tests::fixture::{ServerFiles, failures, field};
 use lifeline_tests::lines::Lines;
-use lifeline_tests::load::{Load, LoadConfig, Sample};
+use lifeline_tests::load::{Load, Sample};
 use lifeline_tests::{PATIENCE, lifeline_bin, wait_for};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use restart_socket::{Client, Details};
-use rustls::pki_types::CertificateDer;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_service-server");
 const HANDOVER: &str = env!("CARGO_BIN_EXE_keepalive-handover");
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
 
 use lifeline_tests::proc::{is_dead, read_pid};
 
 /// `lifeline supervise [sup_args] -- service-server …` with its files in a temporary directory
 /// (`{dir}` in `sup_args` names it).
 struct Supervised {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+    files: ServerFiles,
     child: Option<Child>,
     stdout: Lines,
     stderr: Lines,
@@ -40,24 +30,23 @@ struct Supervised {
     first: u32,
 }
 
+impl std::ops::Deref for Supervised {
+    type Target = ServerFiles;
+    fn deref(&self) -> &ServerFiles {
+        &self.files
+    }
+}
+
 impl Supervised {
     fn start(sup_args: &[&str], server_args: &[&str]) -> Supervised {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("supervise test CA");
-        ca.issue(&LeafSpec::new(1)).write(&dir.path().join("cert.pem"), &dir.path().join("key.pem"));
-        std::fs::create_dir(dir.path().join("state")).unwrap();
-        let path = |name: &str| dir.path().join(name).display().to_string();
+        let files = ServerFiles::new("supervise test CA");
         let mut cmd = Command::new(lifeline_bin());
-        let dir_text = dir.path().display().to_string();
-        cmd.arg("supervise").args(["--pidfile", &path("service.pid")]);
+        let dir_text = files.dir.path().display().to_string();
+        cmd.arg("supervise").arg("--pidfile").arg(files.path("service.pid"));
         cmd.args(sup_args.iter().map(|a| a.replace("{dir}", &dir_text))).arg("--").arg(SERVER);
-        cmd.args(["--state-dir", &path("state"), "--control", &path("service.sock")]);
-        cmd.args(["--cert", &path("cert.pem"), "--key", &path("key.pem"), "--mode-file", &path("mode")]);
+        cmd.args(files.server_args("service.sock"));
         cmd.args(server_args);
-        for var in ["NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LIFELINE_FAIL_AT"] {
-            cmd.env_remove(var);
-        }
-        cmd.env("RUST_LOG", "info");
+        lifeline_tests::fixture::clean_env(&mut cmd);
         let mut child =
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let stdout = Lines::new(child.stdout.take().unwrap());
@@ -65,31 +54,11 @@ impl Supervised {
         let line = stdout.wait("ready pid=");
         let first: u32 = field(&line, "pid").parse().unwrap();
         let https = field(&line, "https").parse().unwrap();
-        Supervised { dir, ca, child: Some(child), stdout, stderr, https, first }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn set_mode(&self, mode: &str) {
-        std::fs::write(self.path("mode"), mode).unwrap();
-    }
-
-    fn roots(&self) -> Vec<CertificateDer<'static>> {
-        vec![CertificateDer::from(self.ca.cert_der.clone())]
+        Supervised { files, child: Some(child), stdout, stderr, https, first }
     }
 
     fn load(&self, keep_alive: bool) -> Load {
-        Load::start(&LoadConfig {
-            addr: self.https,
-            server_name: "localhost".to_owned(),
-            roots: self.roots(),
-            workers: 2,
-            keep_alive,
-            path: "/".to_owned(),
-            pause: Duration::ZERO,
-        })
+        self.files.load(self.https, keep_alive)
     }
 
     /// Which process answers a new connection; `None` if the request failed.
@@ -123,20 +92,13 @@ impl Drop for Supervised {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             let _ = child.wait();
         }
-        if std::thread::panicking() {
-            eprintln!("--- stdout:\n{}", self.stdout.all().join("\n"));
-            eprintln!("--- stderr:\n{}", self.stderr.all().join("\n"));
-        }
+        lifeline_tests::fixture::echo_if_panicking(&self.stdout, &self.stderr);
     }
 }
 
 /// Waits for `child` to exit, at most [`PATIENCE`].
 fn wait_exit(child: &mut Child) -> ExitStatus {
     wait_for("the process to exit", || child.try_wait().unwrap())
-}
-
-fn failures(samples: &[Sample]) -> Vec<String> {
-    samples.iter().filter_map(|s| s.outcome.as_ref().err().map(|e| format!("at {:?}: {e}", s.at))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

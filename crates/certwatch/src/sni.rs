@@ -79,10 +79,7 @@ where
         name
     };
     let name = name.strip_suffix('.').unwrap_or(name);
-    exact
-        .get(name)
-        .or_else(|| name.split_once('.').and_then(|(_, parent)| wildcard.get(parent)))
-        .or(default)
+    exact.get(name).or_else(|| name.split_once('.').and_then(|(_, parent)| wildcard.get(parent))).or(default)
 }
 
 impl fmt::Debug for SniResolver {

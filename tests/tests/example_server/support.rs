@@ -19,12 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// The serial of leaf certificates the servers start with.
 pub(crate) const FIRST_SERIAL: u64 = 0x1001;
 
-/// The value of `key=` in a line of `key=value` words.
-pub(crate) fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
+pub(crate) use lifeline_tests::fixture::field;
 
 /// A test CA and the files of the pair a server starts with.
 pub(crate) struct Pki {
