@@ -96,6 +96,7 @@ compile_error!(
 mod client;
 mod error;
 mod handler;
+pub mod metrics;
 mod server;
 mod sys;
 pub mod wire;

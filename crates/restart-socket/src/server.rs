@@ -427,12 +427,14 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
             Ok(cred) => cred,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read peer credentials; closing the connection");
+                crate::metrics::refused("credentials");
                 return None;
             }
         };
         let uid = cred.uid();
         if uid != self.own_uid && !self.config.allowed_uids.contains(&uid) {
             tracing::warn!(uid, pid = ?cred.pid(), "refused a peer whose uid is not allowed");
+            crate::metrics::refused("uid");
             let message = format!("uid {uid} is not allowed on this socket");
             refuse(stream, ErrorKind::PermissionDenied, message);
             return None;
@@ -442,6 +444,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
         }
         let max = self.config.max_connections;
         tracing::warn!(uid, max, "too many connections; refusing one");
+        crate::metrics::refused("busy");
         refuse(stream, ErrorKind::Busy, format!("too many connections (limit {max})"));
         None
     }
@@ -508,6 +511,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
                 }
             };
             tracing::debug!(kind = %refusal.0, message = %refusal.1, "bad request; closing the connection");
+            crate::metrics::bad_request(refusal.0);
             self.send(&mut stream, &Response::Error { kind: refusal.0, message: refusal.1 }).await;
             return;
         }
@@ -530,6 +534,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
     }
 
     async fn answer(&self, request: Request) -> Response {
+        crate::metrics::request(request);
         match request {
             Request::Status => Response::Status(self.status.status().await),
             Request::Details => match &self.supervisor {
