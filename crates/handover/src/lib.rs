@@ -130,6 +130,7 @@ mod error;
 mod fds;
 mod handover;
 mod lifecycle;
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod sealed;
