@@ -124,6 +124,7 @@ pub(crate) struct Parts {
     pub(crate) lineage: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) fd_store: bool,
     pub(crate) retired: Vec<Retired>,
+    pub(crate) totals: Arc<super::metrics::Totals>,
 }
 
 struct Inner {
@@ -158,6 +159,8 @@ struct Inner {
     fd_store: bool,
     /// Earlier generations that may still be draining (checked by pid and start time).
     retired: Vec<Retired>,
+    /// The totals that continue across generations (see [`super::metrics`]).
+    totals: Arc<super::metrics::Totals>,
 }
 
 /// A ready service: its restarts, its stop, and its connections.
@@ -218,11 +221,13 @@ impl Running {
             lineage,
             fd_store,
             retired,
+            totals,
         } = parts;
         let draining: Arc<super::connection::DrainSignal> = Arc::default();
         let connections = Connections {
             tracker: TaskTracker::new(),
-            accepted: Arc::default(),
+            accepted: totals.accepted(),
+            counted: totals.publish(generation),
             draining: Arc::clone(&draining),
             quiet: settings.quiet,
             patience: settings.drain_timeout / 2,
@@ -252,6 +257,7 @@ impl Running {
             lineage,
             fd_store,
             retired,
+            totals,
         });
         let running = Running { inner };
         #[cfg(feature = "tls")]
@@ -606,6 +612,24 @@ impl Running {
     /// new process changes nothing. One restart runs at a time, whoever asks (the control
     /// socket, a restart signal, this method): the others get "restart already in progress".
     pub async fn restart(&self) -> Result<u32, Error> {
+        let result = self.restart_once().await;
+        let outcome = match &result {
+            Ok(_) => super::metrics::Outcome::Ok,
+            Err(
+                Error::TooManyRetired { .. }
+                | Error::Handover(
+                    handover::Error::InProgress
+                    | handover::Error::AlreadyUpgraded { .. }
+                    | handover::Error::Stopping,
+                ),
+            ) => super::metrics::Outcome::Refused,
+            Err(_) => super::metrics::Outcome::Failed,
+        };
+        self.inner.totals.restart(outcome);
+        result
+    }
+
+    async fn restart_once(&self) -> Result<u32, Error> {
         let inner = &self.inner;
         let Ok(_one_at_a_time) = inner.restart_lock.try_lock() else {
             return Err(handover::Error::InProgress.into());
@@ -696,7 +720,12 @@ impl Running {
         let sealed = (self.inner.encode)()
             .map_err(|e| handover::Error::StateCorrupt { reason: e.to_string() })
             .and_then(|carried| {
-                handover::SealedState::create(STATE_FD, super::state::FRAME_VERSION, &carried, usize::MAX)
+                handover::SealedState::create(
+                    STATE_FD,
+                    super::state::FRAME_VERSION,
+                    &carried.versioned(),
+                    usize::MAX,
+                )
             });
         match sealed {
             Ok(fd) => {
