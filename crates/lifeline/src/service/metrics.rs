@@ -12,6 +12,9 @@
 //! | [`CONNECTIONS_TOTAL`] | counter, **carried** | | connections served by every generation (each one [`Connections`](super::Connections) tracked) |
 //! | [`GENERATION`] | gauge | | this process's generation |
 //!
+//! With TLS, the service also carries `lifeline_certwatch_reloads_total` of its certificate
+//! (`kind="certificate"`): its value counts the reloads of every generation.
+//!
 //! **Carried** counters continue across handovers (and across a `systemctl restart` with the fd
 //! store): the predecessor sends its totals with the state, and its successor's counters start
 //! from them — so `/metrics` of the third generation says `…restarts_total{outcome="ok"} 2`. A
@@ -77,6 +80,54 @@ impl Outcome {
     }
 }
 
+/// The certificate reloads of the service's TLS, carried like the service's own totals: the
+/// watcher counts this process's, the predecessors' are added.
+pub(crate) struct Reloads {
+    /// The `name` label of the watcher's metrics.
+    name: String,
+    /// Reloads (ok, failed) of the predecessors.
+    before: [u64; 2],
+    /// This process's watcher's counts.
+    stats: Box<dyn Fn() -> (u64, u64) + Send + Sync>,
+}
+
+#[cfg(feature = "tls")]
+impl Reloads {
+    pub(crate) fn new(name: String, stats: impl Fn() -> certwatch::Stats + Send + Sync + 'static) -> Reloads {
+        let stats = move || {
+            let stats = stats();
+            (stats.reloads_ok, stats.reloads_failed)
+        };
+        Reloads { name, before: [0; 2], stats: Box::new(stats) }
+    }
+}
+
+impl Reloads {
+    /// The series' key in the carried state (`certwatch::metrics::RELOADS_TOTAL`'s).
+    fn key(&self, ok: bool) -> String {
+        let outcome = if ok { "ok" } else { "failed" };
+        format!(
+            "lifeline_certwatch_reloads_total{{kind=\"certificate\",name=\"{}\",outcome=\"{outcome}\"}}",
+            self.name
+        )
+    }
+
+    /// (ok, failed) of every generation.
+    fn totals(&self) -> [u64; 2] {
+        let (ok, failed) = (self.stats)();
+        [self.before[0].saturating_add(ok), self.before[1].saturating_add(failed)]
+    }
+}
+
+impl std::fmt::Debug for Reloads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloads")
+            .field("name", &self.name)
+            .field("before", &self.before)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The service's totals: what this process counted, on top of what its predecessors did.
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
@@ -86,17 +137,28 @@ pub(crate) struct Totals {
     connections_before: u64,
     /// Connections of this process (shared with [`Connections`](super::Connections)).
     accepted: Arc<AtomicU64>,
+    /// The certificate's reloads, with TLS.
+    reloads: Option<Reloads>,
 }
 
 impl Totals {
     /// Continues from the predecessor's totals (unknown series ignored, missing ones 0); a
     /// successor that `took_over` counts its own restart.
-    pub(crate) fn continue_from(carried: &[(String, u64)], took_over: bool) -> Totals {
+    pub(crate) fn continue_from(
+        carried: &[(String, u64)],
+        took_over: bool,
+        reloads: Option<Reloads>,
+    ) -> Totals {
         let find = |key: &str| carried.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v);
+        let reloads = reloads.map(|mut reloads| {
+            reloads.before = [find(&reloads.key(true)), find(&reloads.key(false))];
+            reloads
+        });
         let totals = Totals {
             restarts: Outcome::ALL.map(|o| AtomicU64::new(find(&o.key()))),
             connections_before: find(CONNECTIONS_TOTAL),
             accepted: Arc::default(),
+            reloads,
         };
         if took_over {
             totals.restarts[0].fetch_add(1, Ordering::Relaxed);
@@ -124,6 +186,10 @@ impl Totals {
             .collect();
         let connections = self.connections_before.saturating_add(self.accepted.load(Ordering::Relaxed));
         carried.push((CONNECTIONS_TOTAL.to_owned(), connections));
+        if let Some(reloads) = &self.reloads {
+            let [ok, failed] = reloads.totals();
+            carried.extend([(reloads.key(true), ok), (reloads.key(false), failed)]);
+        }
         carried
     }
 
@@ -137,6 +203,18 @@ impl Totals {
                 ::metrics::counter!(RESTARTS_TOTAL, OUTCOME => outcome.label()).absolute(total);
             }
             ::metrics::gauge!(GENERATION).set(generation as f64);
+            #[cfg(feature = "certwatch")]
+            if let Some(reloads) = &self.reloads {
+                let [ok, failed] = reloads.totals();
+                for (outcome, total) in [("ok", ok), ("failed", failed)] {
+                    let labels = [
+                        ("kind", "certificate".to_owned()),
+                        ("name", reloads.name.clone()),
+                        ("outcome", outcome.to_owned()),
+                    ];
+                    ::metrics::counter!(certwatch::metrics::RELOADS_TOTAL, &labels).absolute(total);
+                }
+            }
             let connections = ::metrics::counter!(CONNECTIONS_TOTAL);
             connections
                 .absolute(self.connections_before.saturating_add(self.accepted.load(Ordering::Relaxed)));

@@ -118,7 +118,7 @@ pub(crate) struct Parts {
     pub(crate) control: Option<restart_socket::Server>,
     pub(crate) control_path: Option<PathBuf>,
     #[cfg(feature = "tls")]
-    pub(crate) certificates: Option<certwatch::CertWatcher>,
+    pub(crate) certificates: Option<Arc<certwatch::CertWatcher>>,
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
     pub(crate) encode: EncodeState,
     pub(crate) lineage: Arc<std::sync::atomic::AtomicU64>,
@@ -150,7 +150,7 @@ struct Inner {
     lock: Mutex<Option<DirLock>>,
     socket_files: Vec<SocketFile>,
     #[cfg(feature = "tls")]
-    certificates: Option<certwatch::CertWatcher>,
+    certificates: Option<Arc<certwatch::CertWatcher>>,
     /// The application's part of `STATUS=` ([`Running::set_status`]).
     status_text: Mutex<Option<StatusText>>,
     encode: EncodeState,
@@ -528,7 +528,7 @@ impl Running {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn certificates(&self) -> Option<&certwatch::CertWatcher> {
-        self.inner.certificates.as_ref()
+        self.inner.certificates.as_deref()
     }
 
     /// Resolves when the service must stop serving for good: a successor took over (and, with a

@@ -338,8 +338,23 @@ impl<S: ServiceState> Starting<S> {
         let counted = lineage.clone();
         // Counts this process's own restart once the commit below succeeds (the totals are
         // published only then, by `Running::launch`).
-        let totals =
-            std::sync::Arc::new(super::metrics::Totals::continue_from(&counters, predecessor.is_some()));
+        #[cfg(feature = "tls")]
+        let (certificates, reloads) = match tls {
+            Some(tls) => {
+                let watcher = std::sync::Arc::new(tls.watcher);
+                let stats = std::sync::Arc::clone(&watcher);
+                let reloads = super::metrics::Reloads::new(tls.metrics_name, move || stats.stats());
+                (Some(watcher), Some(reloads))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "tls"))]
+        let reloads = None;
+        let totals = std::sync::Arc::new(super::metrics::Totals::continue_from(
+            &counters,
+            predecessor.is_some(),
+            reloads,
+        ));
         let carried_totals = totals.clone();
         let encode: super::running::EncodeState = std::sync::Arc::new(move || {
             // The successor's earlier generations: ours still alive, and this process.
@@ -377,7 +392,7 @@ impl<S: ServiceState> Starting<S> {
             control,
             control_path,
             #[cfg(feature = "tls")]
-            certificates: tls.map(|tls| tls.watcher),
+            certificates,
             signals,
             encode,
             lineage,

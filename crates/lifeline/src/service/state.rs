@@ -207,7 +207,7 @@ mod tests {
         let carried = Carried::from_frame(&frame(1, &old)).unwrap();
         assert_eq!((carried.generation, carried.counters.len()), (4, 0));
         assert_eq!(carried.decode::<V2>().unwrap(), V2 { served: 9, name: "n".into() });
-        let totals = crate::service::metrics::Totals::continue_from(&carried.counters, true);
+        let totals = crate::service::metrics::Totals::continue_from(&carried.counters, true, None);
         let ok = totals.carried().into_iter().find(|(k, _)| k.contains("outcome=\"ok\"")).unwrap();
         assert_eq!(ok.1, 1, "only this restart");
     }
