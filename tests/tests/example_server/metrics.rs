@@ -37,6 +37,13 @@ fn value(text: &str, series: &str) -> f64 {
     sample(text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
+/// The value of a counter (or an integer gauge): rendered as an integer.
+fn count(text: &str, series: &str) -> u64 {
+    let found = text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' '));
+    let found = found.unwrap_or_else(|| panic!("no sample {series} in:\n{text}"));
+    found.trim().parse().unwrap_or_else(|_| panic!("{series} {found} is no count"))
+}
+
 const RELOADS_OK: &str =
     r#"lifeline_certwatch_reloads_total{kind="certificate",name="default",outcome="ok"}"#;
 const RELOADS_FAILED: &str =
@@ -71,11 +78,12 @@ async fn after_a_rotation_and_two_restarts_metrics_show_the_reloads_and_the_carr
     metrics_until(&server, "a failed reload", |t| sample(t, RELOADS_FAILED).is_some_and(|n| n >= 1.0)).await;
     let renewed = server.pki().ca.issue(&LeafSpec::new(0x2002));
     renewed.write_atomic(&server.path("cert.pem"), &server.path("key.pem"));
-    let text =
-        metrics_until(&server, "the reload of the renewed pair", |t| sample(t, RELOADS_OK) == Some(1.0))
-            .await;
+    let text = metrics_until(&server, "the reload of the renewed pair", |t| {
+        sample(t, RELOADS_OK).is_some_and(|n| n >= 1.0)
+    })
+    .await;
     assert_eq!(server.presented_serial().await, serial_of(&renewed));
-    assert_eq!(value(&text, RESTARTS_OK), 0.0, "{text}");
+    assert_eq!(count(&text, RESTARTS_OK), 0, "{text}");
 
     // A restart that fails (the new binary exits at once) counts as failed, then two that work.
     install(&exe, b"#!/bin/sh\nexit 3\n", 0o755);
@@ -83,18 +91,18 @@ async fn after_a_rotation_and_two_restarts_metrics_show_the_reloads_and_the_carr
     install_the_real_binary(&exe);
     let (first, second) = (server.restart().unwrap(), server.restart().unwrap());
     assert_ne!(first, second);
-    let (pid, generation, served) = server.answer().await;
+    let (pid, generation, served_before) = server.answer().await;
     assert_eq!((pid, generation), (second, 3));
 
     let text = curl_metrics(&server);
     // Carried across the three processes: the restarts, the requests, the reloads.
-    assert_eq!(value(&text, RESTARTS_OK), 2.0, "{text}");
-    assert_eq!(value(&text, RESTARTS_FAILED), 1.0, "{text}");
-    assert!(value(&text, "https_server_requests_total") >= served as f64, "{text}");
-    assert!(value(&text, RELOADS_OK) >= 1.0, "{text}");
-    assert!(value(&text, RELOADS_FAILED) >= 1.0, "{text}");
-    assert!(value(&text, "lifeline_service_connections_total") >= 4.0, "{text}");
-    assert_eq!(value(&text, "lifeline_service_generation"), 3.0, "{text}");
+    assert_eq!(count(&text, RESTARTS_OK), 2, "{text}");
+    assert_eq!(count(&text, RESTARTS_FAILED), 1, "{text}");
+    assert_eq!(count(&text, "https_server_requests_total"), served_before, "{text}");
+    assert!(count(&text, RELOADS_OK) >= 1, "{text}");
+    assert!(count(&text, RELOADS_FAILED) >= 1, "{text}");
+    assert!(count(&text, "lifeline_service_connections_total") >= 4, "{text}");
+    assert_eq!(count(&text, "lifeline_service_generation"), 3, "{text}");
     // The served certificate: the renewed one, valid for the test CA's default lifetime.
     let not_after = certwatch::CertInfo::from_der(&renewed.der).unwrap().not_after;
     let left = not_after.duration_since(SystemTime::now()).unwrap().as_secs_f64();
