@@ -8,7 +8,7 @@
 //! | name | type | labels | what |
 //! |---|---|---|---|
 //! | [`STARTS_TOTAL`] | counter | | times the command was started ([`EventKind::Started`](crate::EventKind::Started)) |
-//! | [`EXITS_TOTAL`] | counter | `cause` = `exited` \| `watchdog` \| `start_timeout` \| `probe` \| `restart` \| `spawn_failed` | exits of the main process by [`ExitCause`](crate::ExitCause): on its own (a crash or a clean exit), killed for a missed watchdog, a start timeout or a failed probe, stopped for a restart on request, or a start that could not even `exec` |
+//! | [`EXITS_TOTAL`] | counter | `cause` = `exited` \| `watchdog` \| `start_timeout` \| `probe` \| `restart` \| `spawn_failed` | exits of the main process by [cause](crate::ExitCause): on its own (a crash or a clean exit), killed for a missed watchdog, a start timeout or a failed probe, stopped for a restart on request, or a start that could not even `exec` |
 //! | [`MAIN_PID_CHANGES_TOTAL`] | counter | | handovers followed (`MAINPID=`) |
 //! | [`BACKOFF_SECONDS`] | gauge | | the delay before the next start while backing off; 0 once a process runs |
 //! | [`MAIN_START_TIME_SECONDS`] | gauge | | Unix time at which the current main process started (or took over by `MAINPID=`) |
