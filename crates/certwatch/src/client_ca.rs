@@ -185,6 +185,7 @@ struct CaLoader {
 }
 
 impl Loader for CaLoader {
+    const KIND: &'static str = "client_ca";
     type Value = Arc<dyn ClientCertVerifier>;
     type Info = CaInfo;
 

@@ -48,6 +48,9 @@ pub struct WatchConfig {
     /// Where a reload reads, parses and validates the files (default
     /// [`LoadOn::LowPriorityThread`]: off the runtime's workers, at a lower priority).
     pub load_on: LoadOn,
+    /// The `name` label of this watcher's metrics (default `default`; see
+    /// [`metrics`](crate::metrics)): a short fixed word per watcher of a process, never a path.
+    pub metrics_name: String,
 }
 
 impl Default for WatchConfig {
@@ -60,6 +63,7 @@ impl Default for WatchConfig {
             expiry_warning: Duration::from_secs(14 * 24 * 3600),
             event_capacity: 64,
             load_on: LoadOn::default(),
+            metrics_name: "default".to_owned(),
         }
     }
 }
@@ -104,6 +108,12 @@ impl WatchConfig {
     /// Sets [`load_on`](WatchConfig::load_on).
     pub fn load_on(mut self, on: LoadOn) -> Self {
         self.load_on = on;
+        self
+    }
+
+    /// Sets [`metrics_name`](WatchConfig::metrics_name).
+    pub fn metrics_name(mut self, name: impl Into<String>) -> Self {
+        self.metrics_name = name.into();
         self
     }
 

@@ -18,6 +18,8 @@ use crate::load::LoadOn;
 
 /// What a watched item is made of: files to watch and a validating loader.
 pub(crate) trait Loader: Send + Sync + 'static {
+    /// The `kind` label of its metrics.
+    const KIND: &'static str;
     /// What is served (`CertifiedKey`, a client verifier).
     type Value: Send + Sync + 'static;
     /// What is reported about it.
@@ -65,6 +67,8 @@ pub(crate) struct Shared<L: Loader> {
     expiry_warning: Duration,
     /// Where loads run.
     load_on: LoadOn,
+    /// Where its metrics go (nothing without the `metrics` feature).
+    metrics: crate::metrics::Recorder,
     /// Serialises attempts (the task's and manual ones) and remembers what was last reported.
     attempt: tokio::sync::Mutex<Reported>,
     /// The files' metadata taken just before the first load: the watch task skips its start-up
@@ -122,6 +126,8 @@ impl<L: Loader> Shared<L> {
                 self.value.store(value);
                 self.info.store(Arc::new(info.clone()));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload(true);
+                self.metrics.loaded(SystemTime::now(), info.not_after());
                 tracing::info!(?trigger, "reloaded {}", info.summary());
                 self.emit(ReloadEvent::Reloaded(info));
                 self.check_expiry(&mut reported);
@@ -129,6 +135,7 @@ impl<L: Loader> Shared<L> {
             }
             Err(err) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.metrics.reload(false);
                 let message = crate::error::chain(&err);
                 let err = Arc::new(err);
                 if trigger == Trigger::Change && reported.last_error.as_deref() == Some(message.as_str()) {
@@ -151,7 +158,9 @@ impl<L: Loader> Shared<L> {
 
     fn check_expiry(&self, reported: &mut Reported) {
         let info = self.info.load_full();
-        let remaining = info.not_after().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let now = SystemTime::now();
+        self.metrics.expiry(now, info.not_after());
+        let remaining = info.not_after().duration_since(now).unwrap_or(Duration::ZERO);
         if remaining >= self.expiry_warning || reported.expiry_warned.as_deref() == Some(info.fingerprint()) {
             return;
         }
@@ -179,6 +188,8 @@ impl<L: Loader> Engine<L> {
         let (value, info) = loader.load()?;
         tracing::info!("loaded {}", info.summary());
         let (events, _) = broadcast::channel(config.event_capacity);
+        let metrics = crate::metrics::Recorder::new(L::KIND, &config.metrics_name);
+        metrics.loaded(SystemTime::now(), info.not_after());
         let shared = Arc::new(Shared {
             loader,
             value: Arc::new(ArcSwap::new(value)),
@@ -190,6 +201,7 @@ impl<L: Loader> Engine<L> {
             polling: AtomicBool::new(false),
             expiry_warning: config.expiry_warning,
             load_on: config.load_on,
+            metrics,
             attempt: tokio::sync::Mutex::new(Reported::default()),
             loaded_signature: Mutex::new(Some(loaded_signature)),
         });

@@ -143,6 +143,7 @@ mod engine;
 mod error;
 mod event;
 mod load;
+pub mod metrics;
 mod sni;
 mod source;
 mod watch;

@@ -34,6 +34,7 @@ struct CertLoader {
 }
 
 impl Loader for CertLoader {
+    const KIND: &'static str = "certificate";
     type Value = CertifiedKey;
     type Info = CertInfo;
 

@@ -94,6 +94,7 @@ mod backoff;
 mod error;
 mod lock;
 mod lockfile;
+pub mod metrics;
 mod options;
 mod primitive;
 mod set;

@@ -90,9 +90,20 @@ impl DirLock {
         options: &LockOptions,
         deadline: Option<Instant>,
     ) -> Result<DirLock> {
+        let started = Instant::now();
+        let result = Self::acquire_loop(dir, options, deadline, started);
+        crate::metrics::record_wait(&result, started.elapsed());
+        result
+    }
+
+    fn acquire_loop(
+        dir: &Path,
+        options: &LockOptions,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Result<DirLock> {
         let path = lockfile::lock_path(dir, options.name())?;
         let pid = std::process::id();
-        let started = Instant::now();
         let mut backoff: Option<Backoff> = None;
         let mut replaced_in_a_row = 0;
         let mut kept: Option<Kept> = None;

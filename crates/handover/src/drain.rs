@@ -25,10 +25,13 @@ pub enum Drained {
 /// whatever is left after the deadline is cut off by the exit.
 pub async fn drain(tracker: &TaskTracker, deadline: Duration) -> Drained {
     tracker.close();
+    let (started, in_flight) = (std::time::Instant::now(), tracker.len());
     if tokio::time::timeout(deadline, tracker.wait()).await.is_ok() {
+        crate::metrics::drained(in_flight, 0, started.elapsed());
         return Drained::Complete;
     }
     let remaining = tracker.len();
+    crate::metrics::drained(in_flight, remaining, started.elapsed());
     tracing::warn!(remaining, ?deadline, "drain deadline passed");
     Drained::TimedOut { remaining }
 }

@@ -131,6 +131,7 @@ mod error;
 mod fds;
 mod handover;
 mod lifecycle;
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod sealed;

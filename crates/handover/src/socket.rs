@@ -214,6 +214,7 @@ impl Upgrader {
         if request != REQUEST {
             return Err(protocol(format!("peer pid {peer} sent {request:?}, not a handover request")));
         }
+        let started = std::time::Instant::now();
         let mut lifecycle = match self.begin() {
             Ok(guard) => guard,
             Err(err) => {
@@ -226,7 +227,7 @@ impl Upgrader {
         tracing::info!(peer, "handing over to a connected successor");
         self.announce_reload();
         let result = self.offer_and_wait(stream, peer, deadline, &mut **lifecycle).await;
-        self.finish(result, &mut **lifecycle).await
+        self.finish(result, &mut **lifecycle, started).await
     }
 
     async fn offer_and_wait(

@@ -100,14 +100,23 @@ impl Upgrader {
     ///
     /// The error's `Display` is the reason to report (`RestartFailed { reason }`).
     pub async fn upgrade(&self) -> Result<u32, Error> {
+        let started = std::time::Instant::now();
         let mut lifecycle = self.begin()?;
         self.announce_reload();
         let result = crate::spawn::spawn_successor(&self.shared, &mut **lifecycle).await;
-        self.finish(result, &mut **lifecycle).await
+        self.finish(result, &mut **lifecycle, started).await
     }
 
     /// Takes the upgrade lock if no upgrade runs and none succeeded yet.
     pub(crate) fn begin(&self) -> Result<UpgradeGuard<'_>, Error> {
+        let begun = self.try_begin();
+        if begun.is_err() {
+            crate::metrics::refused();
+        }
+        begun
+    }
+
+    fn try_begin(&self) -> Result<UpgradeGuard<'_>, Error> {
         if let Some(pid) = self.successor() {
             return Err(Error::AlreadyUpgraded { pid });
         }
@@ -158,7 +167,9 @@ impl Upgrader {
         &self,
         result: Result<u32, Error>,
         lifecycle: &mut dyn DynLifecycle,
+        started: std::time::Instant,
     ) -> Result<u32, Error> {
+        crate::metrics::restarted(result.is_ok(), started.elapsed());
         match result {
             Ok(pid) => {
                 self.complete(pid);

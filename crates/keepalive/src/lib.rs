@@ -106,6 +106,7 @@ mod error;
 mod event;
 mod exit;
 mod group;
+pub mod metrics;
 mod notify;
 mod pidfile;
 mod policy;

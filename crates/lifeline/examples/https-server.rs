@@ -18,7 +18,8 @@
 //!   handover sends `MAINPID=<new pid>`, which the supervisor follows.
 //!
 //! `GET /` answers `pid=<pid> generation=<n> served=<count>`; `GET /delay?ms=N` answers the same
-//! after N ms. HTTP/1.1 and HTTP/2. Started by a systemd socket unit, it serves on that socket. On
+//! after N ms; `GET /metrics` serves the metrics (Prometheus text; counts carried across
+//! handovers). HTTP/1.1 and HTTP/2. Started by a systemd socket unit, it serves on that socket. On
 //! start it prints `https-server: pid=<pid> generation=<n> listening on <addr>`. The served count
 //! passes to the successor as a snapshot taken when the successor starts.
 
@@ -36,7 +37,7 @@ use clap::Parser;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode, header};
-use lifeline::service::{Builder, ServiceState, http};
+use lifeline::service::{Builder, ServiceState, http, metrics::Prometheus};
 use serde::{Deserialize, Serialize};
 
 /// Exit status when the state directory is locked by another instance (as `lifeline lock`).
@@ -132,6 +133,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let prometheus = Prometheus::install()?; // before the start: the lock and the certificate record
     let mut builder = Builder::new()
         .state_dir(&args.state_dir)
         .tcp("https", args.listen)
@@ -153,15 +155,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut starting = builder.start::<State>().await?;
     let served = Arc::new(AtomicU64::new(starting.take_state().map_or(0, |s| s.served)));
-    let generation = starting.generation();
-    let listener = starting.tcp("https")?;
+    metrics::counter!("https_server_requests_total").absolute(served.load(Ordering::SeqCst)); // carried
+    let (generation, listener) = (starting.generation(), starting.tcp("https")?);
     let acceptor = starting.tls_acceptor().context("TLS is not configured")?;
     let snapshot = served.clone();
     let running = starting.ready(move || State { served: snapshot.load(Ordering::SeqCst) }).await?;
     let (pid, address, mut out) = (std::process::id(), listener.local_addr()?, std::io::stdout());
     let _ = writeln!(out, "https-server: pid={pid} generation={generation} listening on {address}"); // may be closed
     let service = hyper::service::service_fn(move |req| handle(req, generation, served.clone()));
-    http::serve_tls(&running, listener, acceptor, service).await;
+    http::serve_tls(&running, listener, acceptor, prometheus.route(service)).await; // and GET /metrics
     running.drain().await;
     Ok(())
 }
@@ -171,18 +173,16 @@ async fn handle(
     generation: u64,
     served: Arc<AtomicU64>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let delay = match (req.method(), req.uri().path()) {
-        (&hyper::Method::GET, "/") => None,
+    match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/") => {}
         (&hyper::Method::GET, "/delay") => match delay_param(req.uri().query()) {
-            Some(delay) => Some(delay),
+            Some(delay) => tokio::time::sleep(delay).await,
             None => return Ok(plain(StatusCode::BAD_REQUEST, "expected /delay?ms=N\n".into())),
         },
         _ => return Ok(plain(StatusCode::NOT_FOUND, "not found\n".into())),
-    };
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
     }
     let served = served.fetch_add(1, Ordering::SeqCst) + 1;
+    metrics::counter!("https_server_requests_total").increment(1);
     let body = format!("pid={} generation={generation} served={served}\n", std::process::id());
     Ok(plain(StatusCode::OK, body))
 }

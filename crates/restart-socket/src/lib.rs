@@ -97,6 +97,7 @@ compile_error!(
 mod client;
 mod error;
 mod handler;
+pub mod metrics;
 mod server;
 mod sys;
 // The frame codec is not part of the API (a client is `Client`); it stays reachable, hidden,

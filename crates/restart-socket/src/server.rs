@@ -430,12 +430,14 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
                     error = &err as &dyn std::error::Error,
                     "cannot read peer credentials; closing the connection"
                 );
+                crate::metrics::refused("credentials");
                 return None;
             }
         };
         let uid = cred.uid();
         if uid != self.own_uid && !self.config.allowed_uids.contains(&uid) {
             tracing::warn!(uid, pid = ?cred.pid(), "refused a peer whose uid is not allowed");
+            crate::metrics::refused("uid");
             let message = format!("uid {uid} is not allowed on this socket");
             refuse(stream, ErrorKind::PermissionDenied, message);
             return None;
@@ -445,6 +447,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
         }
         let max = self.config.max_connections;
         tracing::warn!(uid, max, "too many connections; refusing one");
+        crate::metrics::refused("busy");
         refuse(stream, ErrorKind::Busy, format!("too many connections (limit {max})"));
         None
     }
@@ -511,6 +514,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
                 }
             };
             tracing::debug!(kind = %refusal.0, message = %refusal.1, "bad request; closing the connection");
+            crate::metrics::bad_request(refusal.0);
             self.send(&mut stream, &Response::Error { kind: refusal.0, message: refusal.1 }).await;
             return;
         }
@@ -533,6 +537,7 @@ impl<R: RestartHandler, S: StatusProvider> Shared<R, S> {
     }
 
     async fn answer(&self, request: Request) -> Response {
+        crate::metrics::request(request);
         match request {
             Request::Status => Response::Status(self.status.status().await),
             Request::Details => match &self.supervisor {

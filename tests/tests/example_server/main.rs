@@ -14,6 +14,7 @@ mod control;
 mod handover;
 mod http2;
 mod locked;
+mod metrics;
 mod serving;
 mod stop_mid_restart;
 mod supervised;

@@ -602,6 +602,7 @@ impl Task {
         self.fail_restart("the main process exited before a new one was ready");
         loop {
             self.last_exit = Some(exit.status);
+            crate::metrics::exited(&exit.cause);
             if !matches!(exit.cause, ExitCause::SpawnFailed { .. }) {
                 tracing::warn!(pid, status = %exit.status, runtime = %humanize(exit.runtime), "service exited");
                 self.emit(EventKind::Exited { pid: pid as u32, status: exit.status, runtime: exit.runtime });
@@ -765,6 +766,7 @@ impl Task {
                 .await;
             let status = self.collect_status(main.pid);
             let exit = exit_of(&main, status, ExitCause::Restarted);
+            crate::metrics::exited(&exit.cause);
             self.last_exit = Some(status);
             self.emit(EventKind::Exited { pid: main.pid as u32, status, runtime: exit.runtime });
         }
@@ -828,12 +830,16 @@ impl Task {
 
     pub(super) fn emit(&self, kind: EventKind) {
         tracing::debug!(?kind, "event");
+        crate::metrics::event(&kind);
         // No subscriber is fine: events are also logged.
         let _ = self.events.send(Event { at: Instant::now(), kind });
     }
 
     pub(super) fn publish(&self, state: State) {
         let main = self.main.as_ref();
+        if let Some(main) = main {
+            crate::metrics::main_since(main.since_wall);
+        }
         self.status.send_replace(Status {
             pid: main.map(|m| m.pid as u32),
             state,

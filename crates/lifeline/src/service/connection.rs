@@ -277,6 +277,8 @@ pub struct Connections {
     pub(crate) tracker: TaskTracker,
     /// Connections tracked since the service started.
     pub(crate) accepted: Arc<AtomicU64>,
+    /// The same count, as a metric (see [`super::metrics`]).
+    pub(crate) counted: super::metrics::ConnectionCounter,
     pub(crate) draining: Arc<DrainSignal>,
     pub(crate) quiet: Duration,
     pub(crate) patience: Duration,
@@ -286,6 +288,7 @@ impl Connections {
     /// Wraps `io` to record its activity, and returns the connection's view of the drain.
     pub fn track<T>(&self, io: T) -> (Tracked<T>, Connection) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.counted.increment();
         let activity = Arc::new(Activity::new());
         let connection = Connection {
             activity: Arc::clone(&activity),
@@ -387,6 +390,7 @@ mod tests {
         Connections {
             tracker: TaskTracker::new(),
             accepted: Arc::default(),
+            counted: super::super::metrics::ConnectionCounter::default(),
             draining: Arc::default(),
             quiet,
             patience: quiet * 4,

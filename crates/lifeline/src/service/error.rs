@@ -146,6 +146,15 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The metrics recorder could not be installed (the process already has one).
+    #[cfg(feature = "prometheus")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    #[error("cannot install the metrics recorder: {reason}")]
+    Metrics {
+        /// Why.
+        reason: String,
+    },
+
     /// A fault injected by a test (feature `fault-injection`, `LIFELINE_FAIL_AT`).
     #[doc(hidden)]
     #[error("injected failure at start-up step {step:?}")]

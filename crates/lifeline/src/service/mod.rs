@@ -93,6 +93,7 @@ mod fault;
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod http;
 mod listeners;
+pub mod metrics;
 mod notify;
 mod retired;
 mod running;

@@ -118,12 +118,13 @@ pub(crate) struct Parts {
     pub(crate) control: Option<restart_socket::Server>,
     pub(crate) control_path: Option<PathBuf>,
     #[cfg(feature = "tls")]
-    pub(crate) certificates: Option<certwatch::CertWatcher>,
+    pub(crate) certificates: Option<Arc<certwatch::CertWatcher>>,
     pub(crate) signals: mpsc::UnboundedReceiver<SignalKind>,
     pub(crate) encode: EncodeState,
     pub(crate) lineage: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) fd_store: bool,
     pub(crate) retired: Vec<Retired>,
+    pub(crate) totals: Arc<super::metrics::Totals>,
 }
 
 struct Inner {
@@ -149,7 +150,7 @@ struct Inner {
     lock: Mutex<Option<DirLock>>,
     socket_files: Vec<SocketFile>,
     #[cfg(feature = "tls")]
-    certificates: Option<certwatch::CertWatcher>,
+    certificates: Option<Arc<certwatch::CertWatcher>>,
     /// The application's part of `STATUS=` ([`Running::set_status`]).
     status_text: Mutex<Option<StatusText>>,
     encode: EncodeState,
@@ -158,6 +159,8 @@ struct Inner {
     fd_store: bool,
     /// Earlier generations that may still be draining (checked by pid and start time).
     retired: Vec<Retired>,
+    /// The totals that continue across generations (see [`super::metrics`]).
+    totals: Arc<super::metrics::Totals>,
 }
 
 /// A ready service: its restarts, its stop, and its connections.
@@ -218,11 +221,13 @@ impl Running {
             lineage,
             fd_store,
             retired,
+            totals,
         } = parts;
         let draining: Arc<super::connection::DrainSignal> = Arc::default();
         let connections = Connections {
             tracker: TaskTracker::new(),
-            accepted: Arc::default(),
+            accepted: totals.accepted(),
+            counted: totals.publish(generation),
             draining: Arc::clone(&draining),
             quiet: settings.quiet,
             patience: settings.drain_timeout / 2,
@@ -252,6 +257,7 @@ impl Running {
             lineage,
             fd_store,
             retired,
+            totals,
         });
         let running = Running { inner };
         #[cfg(feature = "tls")]
@@ -528,7 +534,7 @@ impl Running {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn certificates(&self) -> Option<&certwatch::CertWatcher> {
-        self.inner.certificates.as_ref()
+        self.inner.certificates.as_deref()
     }
 
     /// Resolves when the service must stop serving for good: a successor took over (and, with a
@@ -612,6 +618,24 @@ impl Running {
     /// new process changes nothing. One restart runs at a time, whoever asks (the control
     /// socket, a restart signal, this method): the others get "restart already in progress".
     pub async fn restart(&self) -> Result<u32, Error> {
+        let result = self.restart_once().await;
+        let outcome = match &result {
+            Ok(_) => super::metrics::Outcome::Ok,
+            Err(
+                Error::TooManyRetired { .. }
+                | Error::Handover(
+                    handover::Error::InProgress
+                    | handover::Error::AlreadyUpgraded { .. }
+                    | handover::Error::Stopping,
+                ),
+            ) => super::metrics::Outcome::Refused,
+            Err(_) => super::metrics::Outcome::Failed,
+        };
+        self.inner.totals.restart(outcome);
+        result
+    }
+
+    async fn restart_once(&self) -> Result<u32, Error> {
         let inner = &self.inner;
         let Ok(_one_at_a_time) = inner.restart_lock.try_lock() else {
             return Err(handover::Error::InProgress.into());
@@ -702,7 +726,12 @@ impl Running {
         let sealed = (self.inner.encode)()
             .map_err(|e| handover::Error::StateCorrupt { reason: e.to_string() })
             .and_then(|carried| {
-                handover::SealedState::create(STATE_FD, super::state::FRAME_VERSION, &carried, usize::MAX)
+                handover::SealedState::create(
+                    STATE_FD,
+                    super::state::FRAME_VERSION,
+                    &carried.versioned(),
+                    usize::MAX,
+                )
             });
         match sealed {
             Ok(fd) => {

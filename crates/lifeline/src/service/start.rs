@@ -93,6 +93,8 @@ pub struct Starting<S: ServiceState> {
     retired: Vec<super::retired::Retired>,
     /// s6/dinit readiness: a newline once ready (fresh start only).
     ready_fd: Option<std::os::fd::OwnedFd>,
+    /// The predecessor's metric totals (see [`super::metrics`]).
+    counters: Vec<(String, u64)>,
 }
 
 impl<S: ServiceState> Starting<S> {
@@ -150,18 +152,25 @@ impl<S: ServiceState> Starting<S> {
 
         // 7. The predecessor's state: one we cannot read means we cannot take over.
         step("state")?;
-        let mut carried: Option<Carried> = handover.read_state(FRAME_VERSION).await?;
+        let mut carried = match handover.state_reader()? {
+            Some(mut reader) => match reader.recv_frame().await? {
+                Some(frame) => Some(Carried::from_frame(&frame)?),
+                None => None,
+            },
+            None => None,
+        };
         let took_stored_state = stored_state.is_some();
         if let Some(fd) = stored_state
             && carried.is_none()
         {
             carried = read_stored::<S>(&fd, builder.handover.state_limit);
         }
-        let (generation, state, retired) = match carried {
+        let (generation, state, retired, counters) = match carried {
             Some(carried) => {
-                (carried.generation.saturating_add(1), Some(carried.decode::<S>()?), carried.retired)
+                let state = carried.decode::<S>()?;
+                (carried.generation.saturating_add(1), Some(state), carried.retired, carried.counters)
             }
-            None => (1, None, Vec::new()),
+            None => (1, None, Vec::new(), Vec::new()),
         };
 
         // 8. What a successor will get.
@@ -207,6 +216,7 @@ impl<S: ServiceState> Starting<S> {
             fd_store: builder.fd_store,
             retired,
             ready_fd,
+            counters,
         })
     }
 
@@ -317,6 +327,7 @@ impl<S: ServiceState> Starting<S> {
             fd_store,
             retired,
             ready_fd,
+            counters,
         } = self;
         let predecessor = handover.predecessor();
         fault::check("commit", predecessor.is_some())?;
@@ -325,12 +336,33 @@ impl<S: ServiceState> Starting<S> {
         // generation number never names two processes).
         let lineage = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(generation));
         let counted = lineage.clone();
+        // Counts this process's own restart once the commit below succeeds (the totals are
+        // published only then, by `Running::launch`).
+        #[cfg(feature = "tls")]
+        let (certificates, reloads) = match tls {
+            Some(tls) => {
+                let watcher = std::sync::Arc::new(tls.watcher);
+                let stats = std::sync::Arc::clone(&watcher);
+                let reloads = super::metrics::Reloads::new(tls.metrics_name, move || stats.stats());
+                (Some(watcher), Some(reloads))
+            }
+            None => (None, None),
+        };
+        #[cfg(not(feature = "tls"))]
+        let reloads = None;
+        let totals = std::sync::Arc::new(super::metrics::Totals::continue_from(
+            &counters,
+            predecessor.is_some(),
+            reloads,
+        ));
+        let carried_totals = totals.clone();
         let encode: super::running::EncodeState = std::sync::Arc::new(move || {
             // The successor's earlier generations: ours still alive, and this process.
             let mut retired: Vec<_> =
                 inherited.iter().copied().filter(super::retired::Retired::is_alive).collect();
             retired.extend(super::retired::Retired::me());
-            Carried::encode(counted.load(std::sync::atomic::Ordering::SeqCst), &snapshot(), retired)
+            let generation = counted.load(std::sync::atomic::Ordering::SeqCst);
+            Carried::encode(generation, &snapshot(), retired, carried_totals.carried())
         });
         let lifecycle = Lifecycle { encode: encode.clone() };
         let upgrader = handover.ready(lifecycle).await?;
@@ -360,12 +392,13 @@ impl<S: ServiceState> Starting<S> {
             control,
             control_path,
             #[cfg(feature = "tls")]
-            certificates: tls.map(|tls| tls.watcher),
+            certificates,
             signals,
             encode,
             lineage,
             fd_store,
             retired,
+            totals,
         }))
     }
 }
@@ -451,8 +484,7 @@ fn duplicates(slots: &[Slot]) -> Result<Vec<(String, std::os::fd::OwnedFd)>, Err
 /// Reads the state a stopped predecessor left in systemd's fd store; anything unreadable (not a
 /// sealed memfd, a corrupt frame, a version this program cannot read) is dropped with a warning.
 fn read_stored<S: ServiceState>(fd: &std::os::fd::OwnedFd, limit: usize) -> Option<Carried> {
-    let carried =
-        handover::SealedState::read(fd, limit).and_then(|frame| frame.decode::<Carried>(FRAME_VERSION));
+    let carried = handover::SealedState::read(fd, limit).and_then(|frame| Carried::from_frame(&frame));
     match carried {
         Ok(carried) => match carried.decode::<S>() {
             Ok(_) => {
@@ -485,7 +517,7 @@ struct Lifecycle {
 impl LifecycleHandler for Lifecycle {
     async fn send_state(&mut self, writer: &mut StateWriter) -> std::io::Result<()> {
         let carried = (self.encode)().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-        writer.send(FRAME_VERSION, &carried).await
+        writer.send(FRAME_VERSION, &carried.versioned()).await
     }
 
     async fn new_process_failed(&mut self) {

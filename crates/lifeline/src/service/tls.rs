@@ -100,6 +100,8 @@ impl Builder {
 pub(crate) struct Tls {
     pub(crate) watcher: CertWatcher,
     pub(crate) acceptor: TlsAcceptor,
+    /// The `name` label of the watcher's metrics.
+    pub(crate) metrics_name: String,
 }
 
 impl Tls {
@@ -159,5 +161,6 @@ pub(crate) fn start(spec: &TlsSpec) -> Result<Option<Tls>, Error> {
             }
         }
     });
-    Ok(Some(Tls { watcher, acceptor: TlsAcceptor::from(Arc::new(config)) }))
+    let metrics_name = spec.watch.metrics_name.clone();
+    Ok(Some(Tls { watcher, acceptor: TlsAcceptor::from(Arc::new(config)), metrics_name }))
 }
