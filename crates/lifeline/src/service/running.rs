@@ -590,9 +590,20 @@ impl Running {
                     }
                 }
                 Phase::Serving => {
+                    // Handed over, and the lifecycle task has not said so yet: a restart's
+                    // requester may already have its answer, so whoever connects now is the
+                    // successor's (the token is cancelled before the answer is sent).
+                    let upgraded = self.inner.upgrader.upgraded();
+                    if upgraded.is_cancelled() {
+                        if phases.changed().await.is_err() {
+                            return None;
+                        }
+                        continue;
+                    }
                     tokio::select! {
                         biased;
                         _ = phases.changed() => {}
+                        () = upgraded.cancelled() => {}
                         accepted = listener.accept_one() => match accepted {
                             Ok(connection) => return Some(connection),
                             Err(err) => {
