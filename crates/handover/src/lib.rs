@@ -99,8 +99,9 @@
 //!   closes the inherited fds nobody took, then tells the old process (or systemd: `READY=1`).
 //!   A new process that cannot read the state returns the error without calling `ready()`;
 //!   the old one sees it exit and keeps serving.
-//! - Registered fds keep `FD_CLOEXEC` in this process; it is cleared only in the successor,
-//!   between `fork` and `exec`. Other children never inherit them.
+//! - Registered fds keep `FD_CLOEXEC` in this process; the successor gets copies without it,
+//!   made in the child by `posix_spawn`'s file actions (a vfork: no page tables copied, however
+//!   large this process). Other children never inherit them.
 //! - The successor runs in its own process group: when it fails (exits, crashes, or is not
 //!   ready within [`Config::ready_timeout`]), the group is killed (`SIGKILL`) and the successor reaped
 //!   (waiting at most 5 s: one stuck in uninterruptible sleep is reaped in the background later).
