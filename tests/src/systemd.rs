@@ -103,6 +103,8 @@ pub struct Deployment {
     pub state_dir: PathBuf,
     /// Where the supervised program writes `ok` once its `READY=1` went through.
     pub daemon_done: PathBuf,
+    /// Where the supervised program writes `ready` just before it sends `READY=1`.
+    pub daemon_started: PathBuf,
 }
 
 impl Deployment {
@@ -188,12 +190,14 @@ impl Prepared {
         link_or_copy(&binaries.server, &server)?;
         let daemon = bin.join("my-daemon");
         let daemon_done = root.join("daemon-done");
+        let daemon_started = root.join("daemon-started");
         if let Some(program) = &binaries.notify_program {
             // A program that knows nothing of lifeline: READY=1 through libsystemd's sd_notify
             // (exec: same pid), then it waits.
             let script = format!(
-                "#!/bin/sh\nexec '{}' --via libsystemd --status serving --done '{}'\n",
+                "#!/bin/sh\nexec '{}' --via libsystemd --status serving --started '{}' --done '{}'\n",
                 program.display(),
+                daemon_started.display(),
                 daemon_done.display()
             );
             std::fs::write(&daemon, script)?;
@@ -272,6 +276,7 @@ impl Prepared {
             lifeline: binaries.lifeline.clone(),
             state_dir: Path::new("/var/lib").join(state_name),
             daemon_done,
+            daemon_started,
         };
         let config = root.join("deployment.json");
         std::fs::write(&config, serde_json::to_string_pretty(&deployment)?)?;

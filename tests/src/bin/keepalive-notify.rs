@@ -4,7 +4,8 @@
 //! `keepalive-notify --via sd-notify|libsystemd|systemd-notify [--status TEXT] [--done FILE]`
 //! sends `READY=1` (and `STATUS=TEXT`); with libsystemd it then runs the `BARRIER=1` handshake,
 //! and with systemd-notify the tool runs it itself. FILE gets one line saying how it went
-//! (`ok`, or the error), written atomically.
+//! (`ok`, or the error), written atomically. `--started FILE` writes `ready` to FILE (atomically)
+//! before anything is sent: whatever the receiver does after `READY=1` comes after it.
 //!
 //! `keepalive-notify --mainpid PID --done FILE`: sends `MAINPID=PID`, then `STATUS=sent`.
 //!
@@ -26,6 +27,9 @@ fn main() {
     let has = |name: &str| args.iter().any(|a| a == name);
     let done = opt("--done");
     let status = opt("--status");
+    if let Some(file) = opt("--started") {
+        write_atomically(&file, "ready\n");
+    }
 
     let result: Result<(), String> = if let Some(text) = opt("--send") {
         sd_notify::notify(&[NotifyState::Custom(&text)])
@@ -75,14 +79,17 @@ fn main() {
         std::process::exit(i32::from(result.is_err()));
     }
     if let Some(file) = done {
-        let tmp = format!("{file}.tmp");
-        std::fs::write(&tmp, format!("{}\n", result.err().unwrap_or_else(|| "ok".to_owned())))
-            .expect("write done");
-        std::fs::rename(&tmp, &file).expect("rename done");
+        write_atomically(&file, &format!("{}\n", result.err().unwrap_or_else(|| "ok".to_owned())));
     }
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+fn write_atomically(file: &str, text: &str) {
+    let tmp = format!("{file}.tmp");
+    std::fs::write(&tmp, text).expect("write the file");
+    std::fs::rename(&tmp, file).expect("rename the file");
 }
 
 type SdNotify = unsafe extern "C" fn(c_int, *const c_char) -> c_int;

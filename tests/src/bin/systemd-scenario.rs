@@ -437,10 +437,16 @@ fn stop(ctx: &Ctx) -> anyhow::Result<()> {
 /// named by the pid file, without systemd's notify socket; a stop ends both.
 fn supervise(ctx: &Ctx) -> anyhow::Result<()> {
     systemctl_ok(&["start", SUPERVISED])?;
-    // `systemctl start` of a Type=notify unit returns after READY=1: the program's own READY=1
-    // has gone through by then (it writes "ok" once its sd_notify returned).
-    let done = std::fs::read_to_string(&ctx.d.daemon_done).unwrap_or_default();
-    ensure!(done.trim() == "ok", "systemctl start returned before the program was ready: {done:?}");
+    // `systemctl start` of a Type=notify unit returns after the supervisor's READY=1, which
+    // comes after the program's: the program wrote its marker before it sent READY=1.
+    let started = std::fs::read_to_string(&ctx.d.daemon_started).unwrap_or_default();
+    ensure!(started.trim() == "ready", "systemctl start returned before the program was ready");
+    // Its sd_notify (with libsystemd's BARRIER=1 handshake) returned fine; it says so after the
+    // supervisor answered the barrier, which may be after systemctl returned.
+    let done = wait_until("the program's notify result", PATIENCE, || {
+        Ok(std::fs::read_to_string(&ctx.d.daemon_done).ok().filter(|t| t.ends_with('\n')))
+    })?;
+    ensure!(done.trim() == "ok", "the program's sd_notify failed: {done:?}");
     let supervisor = main_pid(SUPERVISED)?;
     let status = property(SUPERVISED, "StatusText")?;
     ensure!(status.contains("ready"), "the supervisor's STATUS= did not reach systemd: {status:?}");
