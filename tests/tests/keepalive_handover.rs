@@ -13,7 +13,8 @@ use std::time::Duration;
 use keepalive::{
     Backoff, Command, Config, EventKind, ExitStatus, NotifyConfig, Signal, StopOutcome, Supervisor,
 };
-use keepalive_common::{Held, is_gone, next, read_pids, session_members, started_pid, until, wait_gone};
+use keepalive_common::{Held, is_gone, next, read_pids, started_pid, until, wait_gone};
+use lifeline_tests::proc::session_members;
 use lifeline_tests::wait_for;
 
 const HANDOVER: &str = env!("CARGO_BIN_EXE_keepalive-handover");

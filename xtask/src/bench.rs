@@ -141,6 +141,22 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A row's baseline, ratio and met cells, as both report tables show them.
+fn cells(row: &Row) -> (String, String, &'static str) {
+    let baseline = match (&row.baseline_name, row.baseline) {
+        (Some(name), Some(v)) => format!("{} {} ({name})", fmt_num(v), row.unit),
+        _ => "—".to_owned(),
+    };
+    let ratio =
+        row.baseline.filter(|b| *b != 0.0).map_or("—".to_owned(), |b| format!("{:.2}×", row.value / b));
+    let met = match row.met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "—",
+    };
+    (baseline, ratio, met)
+}
+
 fn render(rows: &[Row], quick: bool) -> String {
     let mut by_mechanism: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for row in rows {
@@ -157,19 +173,7 @@ fn render(rows: &[Row], quick: bool) -> String {
             "\n## {mechanism}\n\n| figure | value | baseline | ratio | target | met |\n|---|---|---|---|---|---|\n"
         );
         for row in rows {
-            let baseline = match (&row.baseline_name, row.baseline) {
-                (Some(name), Some(v)) => format!("{} {} ({name})", fmt_num(v), row.unit),
-                _ => "—".to_owned(),
-            };
-            let ratio = row
-                .baseline
-                .filter(|b| *b != 0.0)
-                .map_or("—".to_owned(), |b| format!("{:.2}×", row.value / b));
-            let met = match row.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
+            let (baseline, ratio, met) = cells(row);
             let _ = writeln!(
                 md,
                 "| {} | {} {} | {baseline} | {ratio} | {} | {met} |",
@@ -216,19 +220,7 @@ fn render_curves(rows: &[Row], out_dir: &std::path::Path) -> anyhow::Result<Stri
         );
         for row in points {
             let x = row.curve.as_ref().map_or(0.0, |p| p.x);
-            let baseline = match (&row.baseline_name, row.baseline) {
-                (Some(name), Some(v)) => format!("{} {} ({name})", fmt_num(v), row.unit),
-                _ => "—".to_owned(),
-            };
-            let ratio = row
-                .baseline
-                .filter(|b| *b != 0.0)
-                .map_or("—".to_owned(), |b| format!("{:.2}×", row.value / b));
-            let met = match row.met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "—",
-            };
+            let (baseline, ratio, met) = cells(row);
             let _ = writeln!(
                 md,
                 "| {} | {} | {} {} | {baseline} | {ratio} | {} | {met} |",

@@ -25,6 +25,7 @@ use anyhow::{Context, ensure};
 use lifeline_tests::certs::{Leaf, LeafSpec, TestCa};
 use lifeline_tests::https::{KeepAlive, client_config, get, presented};
 use lifeline_tests::load::{Load, LoadConfig};
+use lifeline_tests::proc::session_members;
 use lifeline_tests::{PATIENCE, load::parse_answer};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -1247,21 +1248,6 @@ fn restart_outcomes(clients: Vec<Child>) -> anyhow::Result<RestartOutcomes> {
         }
     }
     Ok((pids, refused, other))
-}
-
-/// The live (non-zombie) processes in session `sid`, from `/proc`.
-fn session_members(sid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first().is_some_and(|s| *s != "Z") && fields.get(3).is_some_and(|s| *s == sid.to_string())
-        })
-        .collect()
 }
 
 /// Children of `pid` that are zombies (exited, not reaped).

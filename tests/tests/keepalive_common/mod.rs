@@ -96,18 +96,3 @@ impl Held {
         unsafe { libc::poll(&raw mut pfd, 1, 0) > 0 }
     }
 }
-
-/// The live (non-zombie) processes whose session is `sid`, from `/proc`.
-pub fn session_members(sid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-            let Some((_, rest)) = stat.rsplit_once(") ") else { return false };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first().is_some_and(|s| *s != "Z") && fields.get(3) == Some(&sid.to_string().as_str())
-        })
-        .collect()
-}
